@@ -1,0 +1,42 @@
+"""Small shared pieces for every learner: one optimisation step, device choice, seeding."""
+from __future__ import annotations
+
+import random
+from typing import Iterable
+
+import numpy as np
+import torch
+
+
+def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter],
+             clip: float | None = None) -> dict[str, float]:
+    """Backward, clip, step. A non-finite loss or gradient skips the step (parameters and
+    optimiser state stay untouched) and reports ``skipped=1`` so the runner can count it."""
+    params = [p for p in params if p.requires_grad]
+    opt.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss.detach()).all():
+        return {"grad_norm": float("nan"), "skipped": 1.0}
+    loss.backward()
+    max_norm = clip if clip and clip > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return {"grad_norm": float("nan"), "skipped": 1.0}
+    opt.step()
+    return {"grad_norm": float(norm), "skipped": 0.0}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; an explicit CUDA request without CUDA fails."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use device=cpu or device=auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
