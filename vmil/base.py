@@ -10,10 +10,12 @@ Conventions (one for agent data and demos):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: env worker processes should not pay for importing torch
+    import torch
 
 
 class TimeStep(NamedTuple):

@@ -133,6 +133,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):
+        # PyYAML reads 1e-4 and 1e5 (no dot) as strings (YAML 1.1); take them as the numbers meant.
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            pass
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():

@@ -1,0 +1,277 @@
+"""Patch-reward maps (the paper's Figure 1): each patch's reward painted back onto the pixels it
+sees, overlaid on the frame with a diverging colour map centred at 0 (``coolwarm``: red =
+expert-like, positive reward; blue = agent-like, negative).
+
+Mapping patches to pixels follows the conv geometry exactly: patch (i, j) of a discriminator with
+receptive field ``rf``, total stride ``S`` and offset ``o`` sees rows [i*S - o, i*S - o + rf) and
+the same columns (clipped to the image); every pixel shows the mean value of all patches whose
+receptive fields cover it. For the default discriminator (kernel 4) rf = 22, S = 2, o = 7.
+
+``vmil viz patch-rewards RUN_DIR --demos DIR --out FILE.{png,mp4}`` is :func:`patch_reward_cli`.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imitation.discriminators import PatchDiscriminator, PatchGeometry, normalize_image
+from imitation.rewards import TransformKind, transform
+
+DEFAULT_GEOMETRY = PatchGeometry(receptive_field=22, stride=2, offset=7)
+
+
+def receptive_field(disc: torch.nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
+    """(rf_h, rf_w) of the centre output by autograd: the extent of the input pixels its gradient
+    reaches. Measured on a float64 copy with positive weights and a positive input, so no
+    gradient cancels inside the field by chance."""
+    probe = copy.deepcopy(disc).double().eval()
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.copy_(p.abs() + 1e-3)
+    x = torch.ones(1, *input_shape, dtype=torch.float64, requires_grad=True)
+    out = probe(x)
+    centre = out[0, 0, out.shape[2] // 2, out.shape[3] // 2] if out.ndim == 4 else out.reshape(-1)[0]
+    grad, = torch.autograd.grad(centre, x)
+    hit = grad[0].abs().sum(0) > 0
+    rows, cols = torch.nonzero(hit.any(1)).flatten(), torch.nonzero(hit.any(0)).flatten()
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def patch_value_map(patch_values: np.ndarray | torch.Tensor, height: int, width: int,
+                    geometry: PatchGeometry = DEFAULT_GEOMETRY) -> np.ndarray:
+    """Patch values [P, P] or [N, P, P] -> pixel values [H, W] or [N, H, W] (float32): the mean
+    of the patches covering each pixel (0 where none does)."""
+    v = torch.as_tensor(np.asarray(patch_values, dtype=np.float32))
+    single = v.ndim == 2
+    if single:
+        v = v[None]
+    if v.ndim != 3:
+        raise ValueError(f"patch values must be [P, P] or [N, P, P], got {tuple(v.shape)}")
+    rf, s, o = geometry.receptive_field, geometry.stride, geometry.offset
+    expected = ((height + 2 * o - rf) // s + 1, (width + 2 * o - rf) // s + 1)
+    if tuple(v.shape[1:]) != expected:
+        raise ValueError(f"{v.shape[1]}x{v.shape[2]} patches do not fit a {height}x{width} frame with receptive "
+                         f"field {rf}, stride {s}, offset {o} (that geometry gives {expected[0]}x{expected[1]}); "
+                         "pass the discriminator's geometry (PatchDiscriminator.geometry())")
+    kernel = torch.ones(1, 1, rf, rf)
+    # The canvas starts at input pixel -o; each patch adds its value over its whole field.
+    num = F.conv_transpose2d(v[:, None], kernel, stride=s)[:, 0]
+    den = F.conv_transpose2d(torch.ones_like(v[:1, None]), kernel, stride=s)[:, 0]
+    canvas_h, canvas_w = num.shape[-2:]
+    pad_h, pad_w = max(0, o + height - canvas_h), max(0, o + width - canvas_w)
+    num = F.pad(num, (0, pad_w, 0, pad_h))[:, o:o + height, o:o + width]
+    den = F.pad(den, (0, pad_w, 0, pad_h))[:, o:o + height, o:o + width]
+    out = torch.where(den > 0, num / den.clamp_min(1), torch.zeros_like(num)).numpy()
+    return out[0] if single else out
+
+
+def frame_rgb(frame: np.ndarray) -> np.ndarray:
+    """uint8 [C, H, W] or [H, W, C] (C = 1 or 3) or [H, W] -> uint8 [H, W, 3]."""
+    f = np.asarray(frame)
+    if f.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {f.dtype}")
+    if f.ndim == 2:
+        f = f[..., None]
+    elif f.ndim == 3:
+        chw, hwc = f.shape[0] in (1, 3), f.shape[-1] in (1, 3)
+        if chw and hwc:
+            raise ValueError(f"frame shape {f.shape} is ambiguous: give [H, W, C] with H, W > 3")
+        if chw:
+            f = f.transpose(1, 2, 0)
+        elif not hwc:
+            raise ValueError(f"frame shape {f.shape}: expected one RGB or gray frame [C, H, W] or [H, W, C] "
+                             "with C in (1, 3); for a frame stack pass its last frame")
+    else:
+        raise ValueError(f"frame shape {f.shape}: expected [C, H, W], [H, W, C] or [H, W]")
+    if f.shape[-1] == 1:
+        f = np.repeat(f, 3, axis=-1)
+    return np.ascontiguousarray(f)
+
+
+def colorize(values: np.ndarray, vmax: float, cmap: str = "coolwarm") -> np.ndarray:
+    """Values [...] -> RGB float [..., 3] in [0, 1], diverging around 0: -vmax -> blue, +vmax -> red."""
+    import matplotlib
+
+    scaled = 0.5 + 0.5 * np.clip(np.asarray(values, dtype=np.float64) / max(float(vmax), 1e-12), -1.0, 1.0)
+    return matplotlib.colormaps[cmap](scaled)[..., :3]
+
+
+def patch_reward_map(frame: np.ndarray, patch_values: np.ndarray | torch.Tensor, receptive_field: int = 22,
+                     stride: int = 2, offset: int = 7, *, vmax: float | None = None, alpha: float = 0.55,
+                     cmap: str = "coolwarm") -> np.ndarray:
+    """One frame with its patch rewards [P, P] overlaid -> uint8 [H, W, 3]. ``vmax`` sets the
+    colour scale of the pixel map (default: its own max |value|); share one across maps to
+    compare them (:func:`patch_value_map` gives the pixel values to take it from)."""
+    rgb = frame_rgb(frame)
+    h, w = rgb.shape[:2]
+    values = patch_value_map(patch_values, h, w, PatchGeometry(receptive_field, stride, offset))
+    if vmax is None:
+        vmax = float(np.abs(values).max())
+    color = colorize(values, vmax, cmap)
+    out = (1.0 - alpha) * rgb.astype(np.float64) + alpha * 255.0 * color
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def side_by_side(expert_maps: Sequence[np.ndarray], agent_maps: Sequence[np.ndarray], *, scale: int = 1,
+                 gap: int = 2) -> np.ndarray:
+    """Figure 1's layout: expert maps on the top row, agent maps below, uint8 [H', W', 3] with
+    white gaps; ``scale`` upsamples each pixel to scale x scale for viewing."""
+    rows = [list(expert_maps), list(agent_maps)]
+    if not rows[0] and not rows[1]:
+        raise ValueError("side_by_side needs at least one map")
+    tiles = [m for row in rows for m in row]
+    shape = np.asarray(tiles[0]).shape
+    for m in tiles:
+        if np.asarray(m).shape != shape or np.asarray(m).dtype != np.uint8 or len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"maps must all be uint8 [H, W, 3] of one size; got {np.asarray(m).shape} "
+                             f"{np.asarray(m).dtype} and {shape}")
+    h, w = shape[0] * scale, shape[1] * scale
+    cols = max(len(rows[0]), len(rows[1]))
+    out = np.full((2 * h + gap, cols * w + (cols - 1) * gap, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c in range(cols):
+            y, x = r * (h + gap), c * (w + gap)
+            if c < len(row):
+                out[y:y + h, x:x + w] = np.asarray(row[c]).repeat(scale, 0).repeat(scale, 1)
+            else:
+                out[y:y + h, x:x + w] = 0
+    return out
+
+
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    import imageio.v2 as imageio
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"{path}: PNG images must be uint8 [H, W, 3|4], got {image.dtype} {image.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(path, image)
+    return path
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int = 15) -> Path:
+    """mp4 via imageio-ffmpeg (``macro_block_size=1``: odd sizes stay as they are)."""
+    from vmil.evaluate import write_video as _write
+
+    for f in frames:
+        if np.asarray(f).dtype != np.uint8 or np.asarray(f).ndim != 3:
+            raise ValueError(f"{path}: video frames must be uint8 [H, W, 3], got {np.asarray(f).dtype} "
+                             f"{np.asarray(f).shape}")
+    return _write(list(frames), path, fps=fps)
+
+
+# ---------------------------------------------------------------------------------------------
+# From a discriminator to maps
+
+
+@torch.no_grad()
+def patch_values(disc: PatchDiscriminator, x: torch.Tensor, transform_kind: TransformKind = "logit",
+                 chunk: int = 64) -> torch.Tensor:
+    """Per-patch rewards h(D) [N, P, P] of discriminator inputs x (float [0, 1]), in chunks."""
+    was_training = disc.training
+    disc.eval()
+    try:
+        device = next(disc.parameters()).device
+        parts = [transform(disc(x[i:i + chunk].to(device)).float(), transform_kind)[:, 0].cpu()
+                 for i in range(0, x.shape[0], chunk)]
+    finally:
+        disc.train(was_training)
+    return torch.cat(parts)
+
+
+def maps_for_frames(frames: Sequence[np.ndarray], values: torch.Tensor | np.ndarray, geometry: PatchGeometry,
+                    vmax: float) -> list[np.ndarray]:
+    return [patch_reward_map(f, v, geometry.receptive_field, geometry.stride, geometry.offset, vmax=vmax)
+            for f, v in zip(frames, np.asarray(values))]
+
+
+def transition_inputs(obs: np.ndarray, frame_stack: int, pair: bool) -> torch.Tensor:
+    """An episode's frames uint8 [T+1, C, H, W] -> discriminator inputs float [0, 1] [T, k*C(*2), H, W]
+    of every transition (s_t, s_{t+1}); stacks before the start repeat the first frame, as the
+    runner's frame stacker does."""
+    t1 = obs.shape[0]
+    padded = np.concatenate([np.repeat(obs[:1], frame_stack - 1, axis=0), obs])
+    idx = np.arange(t1)[:, None] + np.arange(frame_stack)[None]
+    stacks = torch.from_numpy(padded[idx].reshape(t1, -1, *obs.shape[2:]))
+    x = torch.cat([stacks[:-1], stacks[1:]], 1) if pair else stacks[:-1]
+    return normalize_image(x)
+
+
+def patch_reward_cli(run_dir: str | Path, demos_dir: str | Path, out: str | Path, *, device: str = "cpu",
+                     expert_episode: int = 0, agent_episode: int = -1, png_frames: int = 4,
+                     max_steps: int = 0, fps: int = 15, transform_kind: TransformKind = "logit") -> Path:
+    """``vmil viz patch-rewards``: patch-reward maps of a PatchAIL run's discriminator on a demo
+    episode (top) and one of the run's own saved episodes (bottom; default the latest). ``.png``:
+    ``png_frames`` evenly spaced steps; ``.mp4``: every step (up to ``max_steps`` if > 0). Each
+    map shows the transition (s_t, s_{t+1}) on the frame at t+1, the newest one the
+    discriminator sees; one colour scale for the whole output."""
+    from vmil.checkpoint import load_checkpoint
+    from vmil.config import RunConfig, from_dict
+    from vmil.data.episode import EpisodeError, episode_paths, load_episode
+    from vmil.nn import resolve_device
+    from vmil.registry import algo_module
+    from vmil.runner import EPISODE_DIR, checkpoint_path
+
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".mp4"):
+        raise ValueError(f"--out {out}: give a .png (a few frames) or .mp4 (every step) file name")
+    run_dir = Path(run_dir)
+    payload = load_checkpoint(checkpoint_path(run_dir))
+    module = algo_module(payload["algo"])
+    cfg: RunConfig = from_dict(RunConfig, payload["config"], agent_cls=module.Config)
+    from vmil import envs
+
+    env = envs.make(cfg.env.id, image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat, seed=cfg.seed,
+                    camera=cfg.env.camera or None, fast_render=cfg.env.fast_render, grayscale=cfg.env.grayscale,
+                    max_episode_steps=cfg.env.max_episode_steps, render=False)
+    spec = env.spec
+    env.close()
+    agent = module.build(cfg.agent, spec, resolve_device(device), None)
+    agent.load_state_dict(payload["agent"])
+    disc = getattr(agent, "disc", None)
+    if not isinstance(disc, PatchDiscriminator):
+        raise ValueError(f"{run_dir}: a '{payload['algo']}' run has no patch discriminator; patch-reward maps "
+                         "need a patchail, patchail-w, patchail-b or patchail-bc run")
+    frame_stack = agent.request.frame_stack
+    pair = bool(getattr(agent.cfg, "disc_pair", True))
+
+    def pick(directory: Path, index: int, what: str) -> np.ndarray:
+        paths = episode_paths(directory)
+        if not -len(paths) <= index < len(paths):
+            raise EpisodeError(f"{directory}: {what} episode {index} does not exist ({len(paths)} episodes)")
+        ep = load_episode(paths[index])
+        if tuple(ep.obs.shape[1:]) != tuple(spec.obs_shape):
+            raise EpisodeError(f"{paths[index]}: frames {tuple(ep.obs.shape[1:])} but the run's env gives "
+                               f"{tuple(spec.obs_shape)}; use demos of the run's env and image size")
+        if ep.obs.shape[0] < 2:
+            raise EpisodeError(f"{paths[index]}: a single frame has no transition to score")
+        return ep.obs
+
+    expert_obs = pick(Path(demos_dir), expert_episode, "demo")
+    agent_obs = pick(run_dir / EPISODE_DIR, agent_episode, "agent")
+    steps = min(expert_obs.shape[0], agent_obs.shape[0]) - 1
+    if max_steps > 0:
+        steps = min(steps, max_steps)
+    times = (np.linspace(0, steps - 1, min(png_frames, steps)).round().astype(int) if out.suffix.lower() == ".png"
+             else np.arange(steps))
+    values = {}
+    for name, obs in (("expert", expert_obs), ("agent", agent_obs)):
+        x = transition_inputs(obs[:steps + 1], frame_stack, pair)[times]
+        values[name] = patch_values(disc, x, transform_kind).numpy()
+    geometry = disc.geometry()
+    height, width = spec.obs_shape[1:]
+    vmax = max(float(np.abs(patch_value_map(v, height, width, geometry)).max()) for v in values.values())
+    maps = {name: maps_for_frames([obs[t + 1] for t in times], values[name], geometry, vmax)
+            for name, obs in (("expert", expert_obs), ("agent", agent_obs))}
+    scale = max(1, 256 // spec.obs_shape[1])
+    if out.suffix.lower() == ".png":
+        return write_png(side_by_side(maps["expert"], maps["agent"], scale=scale), out)
+    frames = [side_by_side([e], [a], scale=scale) for e, a in zip(maps["expert"], maps["agent"])]
+    return write_video(frames, out, fps=fps)
+

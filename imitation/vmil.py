@@ -1,0 +1,468 @@
+"""VMIL: variational model-based imitation learning (Rafailov et al. 2021).
+
+A Dreamer V1 world model (RSSM on pixels, no reward head) trains on agent *and* expert sequences.
+A latent discriminator separates expert transitions (posterior features of demo sequences) from
+agent transitions (imagined rollouts of the actor); its output is the reward that a Dreamer actor
+maximises by backpropagating lambda-returns through the learned dynamics. One :meth:`update` runs,
+in order: world model (+ inverse dynamics) -> imagination -> actor -> critic -> discriminator.
+
+Observation-only demos (the default use). The expert's actions are unknown, so:
+
+* the discriminator reads (z_t, z_t+1) on *both* sides -- state-only adversarial imitation, as in
+  GAIfO -- (``disc.inputs=auto``; with actions in the demos it reads (z_t, a_t, z_t+1) as the paper);
+* the expert's posterior still needs actions (the RSSM's transition takes a_t-1). By default
+  (``expert_actions=infer``) an inverse-dynamics model on encoder embeddings, trained on the agent's
+  own transitions, labels each expert transition; the world model then also trains its dynamics on
+  the expert sequences with these labels. ``expert_actions=zeros`` instead feeds zero actions and
+  masks the expert sequences out of the KL term, so they train the encoder/decoder only.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscriminator, bce_losses, disc_input,
+                                            input_gradient_penalty, linear_schedule, param_gradient_penalty,
+                                            reward_from_logit)
+from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
+from vmil.config import ConfigError, doc
+from vmil.nn import optimize
+from world_model.behavior import ActorCritic, BehaviorConfig, frozen, imagine
+from world_model.model import ModelConfig, WorldModel
+from world_model.networks import InverseDynamics, preprocess_image
+from world_model.rssm import State
+from world_model.viz import frame_grid, openloop_strip
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = doc(ModelConfig(), "World model (RSSM, encoder, decoder, KL).")
+    behavior: BehaviorConfig = doc(BehaviorConfig(), "Imagination and actor-critic.")
+    disc: DiscriminatorConfig = doc(DiscriminatorConfig(), "Latent discriminator and reward.")
+    batch_size: int = doc(50, "Agent sequences per update.")
+    seq_len: int = doc(50, "Sequence length (agent and expert).")
+    expert_batch_size: int = doc(50, "Expert sequences per update.")
+    grad_clip: float = doc(100.0, "Gradient norm clip for every optimiser; 0 disables it.")
+    expl_noise: float = doc(0.3, "Std of Gaussian noise added to the actor's sampled action in the env.")
+    expl_decay: int = doc(0, "Env steps over which the exploration noise halves; 0 keeps it constant.")
+    expl_min: float = doc(0.0, "Lower bound of the decayed exploration noise.")
+    expert_actions: Literal["infer", "zeros"] = doc(
+        "infer", "For demos without actions: infer = label expert transitions with an inverse-dynamics "
+                 "model trained on agent data; zeros = zero actions, expert sequences left out of the KL.")
+    idm_units: int = doc(256, "Hidden units of the inverse-dynamics model.")
+    idm_layers: int = doc(2, "Hidden layers of the inverse-dynamics model.")
+    idm_lr: float = doc(3e-4, "Inverse-dynamics learning rate.")
+    openloop_context: int = doc(5, "Frames the open-loop prediction strip conditions on.")
+    openloop_steps: int = doc(20, "Frames shown in the open-loop strip (context included).")
+    amp: Literal["none", "bf16"] = doc("none", "Autocast the update's forward passes to bf16 (CPU with "
+                                               "avx512_bf16, or GPU).")
+    compile: bool = doc(False, "torch.compile the world-model and imagination forward passes (GPU).")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "expert_batch_size", "idm_units", "idm_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"agent.{name} must be positive, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise ConfigError(f"agent.seq_len must be >= 2 (transitions need two frames), got {self.seq_len}")
+        for name in ("grad_clip", "expl_noise", "expl_decay", "expl_min", "idm_layers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.openloop_context < self.openloop_steps:
+            raise ConfigError(f"agent.openloop_context must be in [1, openloop_steps), got {self.openloop_context}")
+
+
+def weighted_sum(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    if set(losses) != set(weights):
+        raise KeyError(f"loss names {sorted(losses)} and weight names {sorted(weights)} differ")
+    return sum(weights[k] * losses[k] for k in losses)
+
+
+def _adam(params: list[torch.nn.Parameter], lr: float, eps: float, device: torch.device) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=device.type in ("cpu", "cuda"))
+
+
+class VMILAgent:
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, demos_have_actions: bool):
+        self.cfg, self.spec, self.device = cfg, spec, device
+        self.action_dim = spec.action_dim
+        self.demos_have_actions = demos_have_actions
+        inputs = cfg.disc.inputs if cfg.disc.inputs != "auto" else ("zaz" if demos_have_actions else "zz")
+        self.use_idm = not demos_have_actions and cfg.expert_actions == "infer"
+        self.wm = WorldModel.from_config(cfg.model, spec.obs_shape, spec.action_dim, spec.state_dim).to(device)
+        feat = self.wm.feat_dim
+        self.ac = ActorCritic(feat, spec.action_dim, cfg.behavior).to(device)
+        self.disc = LatentDiscriminator(feat, spec.action_dim, inputs, cfg.disc.units, cfg.disc.layers).to(device)
+        self.idm = (InverseDynamics(self.wm.embed_dim, spec.action_dim, cfg.idm_units, cfg.idm_layers).to(device)
+                    if self.use_idm else None)
+        m, b = cfg.model, cfg.behavior
+        model_params = list(self.wm.parameters()) + (list(self.idm.parameters()) if self.idm else [])
+        self.opt_model = _adam(list(self.wm.parameters()), m.lr, m.eps, device)
+        if self.idm is not None:
+            self.opt_model.add_param_group({"params": list(self.idm.parameters()), "lr": cfg.idm_lr})
+        self._model_params = model_params
+        self.opt_actor = _adam(list(self.ac.actor.parameters()), b.actor_lr, b.eps, device)
+        self.opt_critic = _adam(list(self.ac.critic.parameters()), b.critic_lr, b.eps, device)
+        self.opt_disc = _adam(list(self.disc.parameters()), cfg.disc.lr, cfg.disc.eps, device)
+        self.request = BatchRequest(kind="sequence", batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                                    expert_batch_size=cfg.expert_batch_size)
+        self.updates = 0
+        self.timings: dict[str, float] | None = None  # set to {} to time the parts of each update
+        # Compiled paths wrap the forward passes; optimiser steps and the discriminator's
+        # double-backward gradient penalty stay eager.
+        self._model_fn = torch.compile(self._model_losses) if cfg.compile else self._model_losses
+        self._behavior_fn = torch.compile(self._behavior_losses) if cfg.compile else self._behavior_losses
+        self._last_step = 0
+        low, high = spec.action_low, spec.action_high
+        self._a_scale, self._a_shift = (high - low) / 2.0, (high + low) / 2.0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
+
+    @contextlib.contextmanager
+    def _part(self, name: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+
+    def _norm_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Env action range -> [-1, 1], the actor's range."""
+        return ((action.to(self.device, torch.float32) - self._a_shift) / self._a_scale).clamp(-1, 1)
+
+    def _check(self, batch: SequenceBatch, name: str) -> None:
+        obs = batch.obs
+        if obs.dim() != 5 or tuple(obs.shape[2:]) != tuple(self.spec.obs_shape) or obs.dtype != torch.uint8:
+            raise ValueError(f"VMIL {name} batch: expected uint8 obs [B, T, {', '.join(map(str, self.spec.obs_shape))}]"
+                             f", got {obs.dtype} {tuple(obs.shape)}; demos and env must share image size/channels")
+        if batch.action is not None and tuple(batch.action.shape) != (*obs.shape[:2], self.action_dim):
+            raise ValueError(f"VMIL {name} batch: actions {tuple(batch.action.shape)} do not match "
+                             f"[B, T, {self.action_dim}]")
+
+    def _proprio(self, *batches: SequenceBatch) -> torch.Tensor | None:
+        if not self.cfg.model.proprio:
+            return None
+        if any(b.state is None for b in batches):
+            raise ValueError("model.proprio=true but a batch has no proprioceptive state")
+        return torch.cat([b.state.to(self.device, torch.float32) for b in batches])
+
+    def _infer_actions(self, embed: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
+        """Actions [B, T, A] for sequences without recorded ones: inverse dynamics on consecutive
+        embeddings (``expert_actions=infer``) or zeros; zero where ``is_first`` and at t = 0."""
+        B, T = embed.shape[:2]
+        first = torch.zeros(B, 1, self.action_dim, device=embed.device)
+        if self.idm is None:
+            return first.expand(B, T, self.action_dim)
+        with torch.no_grad():
+            e = embed.detach().float()
+            action = torch.cat([first, self.idm(e[:, :-1], e[:, 1:]).float()], 1)
+        return action * (~is_first).unsqueeze(-1)
+
+    def _sequence_actions(self, batch: SequenceBatch, embed: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions in [-1, 1] for a batch: recorded or inferred (needs its embeddings)."""
+        if batch.action is not None:
+            return self._norm_action(batch.action)
+        if embed is None:
+            embed = self.wm.encode(preprocess_image(batch.obs.to(self.device)), self._proprio(batch))
+        return self._infer_actions(embed, batch.is_first.to(self.device))
+
+    # ------------------------------------------------------------------ update
+
+    def _model_losses(self, image: torch.Tensor, is_first: torch.Tensor, proprio: torch.Tensor | None,
+                      agent_action: torch.Tensor, expert_action: torch.Tensor | None):
+        """World-model (and inverse-dynamics) losses on the concatenated agent + expert batch."""
+        B, T = agent_action.shape[:2]
+        losses: dict[str, torch.Tensor] = {}
+        kl_mask = None
+        with self._autocast():
+            embed = self.wm.encode(image, proprio)
+            if expert_action is None:
+                if self.idm is not None:
+                    e = embed.detach().float()
+                    pred = self.idm(e[:B, :-1], e[:B, 1:])
+                    mask = (~is_first[:B, 1:]).unsqueeze(-1).float()
+                    err = (pred.float() - agent_action[:, 1:]).pow(2) * mask
+                    losses["idm"] = err.sum() / (mask.sum() * self.action_dim).clamp(min=1.0)
+                else:  # zero actions: keep the expert sequences out of the dynamics (KL) term
+                    kl_mask = torch.cat([torch.ones(B, T, device=image.device),
+                                         torch.zeros(image.shape[0] - B, T, device=image.device)])
+                expert_action = self._infer_actions(embed[B:], is_first[B:])
+            action = torch.cat([agent_action, expert_action])
+            wm_losses, post, _, metrics = self.wm.losses(
+                image, embed, action, is_first, proprio, free_nats=self.cfg.model.free_nats,
+                kl_balance=self.cfg.model.kl_balance, kl_mask=kl_mask)
+        losses.update(wm_losses)
+        return losses, post, expert_action, metrics
+
+    def _behavior_losses(self, start: State):
+        """Imagine from ``start``, reward each imagined transition with D, actor loss (call with the
+        world model, discriminator and critic frozen)."""
+        b, c = self.cfg.behavior, self.cfg.disc
+        with self._autocast():
+            _, feats, actions, log_prob = imagine(self.wm.rssm, self.ac.actor, start, b.horizon,
+                                                  with_log_prob=b.entropy > 0)
+            logit = self.disc.transition_logit(feats[:-1], actions, feats[1:])
+            reward = reward_from_logit(logit.float(), c.reward, c.reward_scale)
+            loss, returns, weights, metrics = self.ac.actor_loss(feats, reward, log_prob)
+        return feats, actions, reward, loss, returns, weights, metrics
+
+    def update(self, batch: SequenceBatch, expert: SequenceBatch, step: int) -> dict[str, float]:
+        if batch is None or expert is None:
+            raise ValueError("VMIL updates need an agent batch and an expert batch (request.expert_batch_size > 0)")
+        self._check(batch, "agent")
+        self._check(expert, "expert")
+        if batch.obs.shape[1] != expert.obs.shape[1]:
+            raise ValueError(f"agent and expert sequences must have the same length, got {batch.obs.shape[1]} "
+                             f"and {expert.obs.shape[1]}")
+        if batch.action is None:
+            raise ValueError("the agent batch has no actions; VMIL needs the agent's own actions")
+        cfg, dev = self.cfg, self.device
+        self._last_step = step
+        B = batch.obs.shape[0]
+        m: dict[str, Any] = {}
+
+        # World model (+ inverse dynamics) on agent + expert sequences in one encoder/decoder pass.
+        with self._part("world_model"):
+            image = preprocess_image(torch.cat([batch.obs, expert.obs]).to(dev))
+            is_first = torch.cat([batch.is_first, expert.is_first]).to(dev)
+            expert_given = self._norm_action(expert.action) if expert.action is not None else None
+            losses, post, expert_action, wm_metrics = self._model_fn(
+                image, is_first, self._proprio(batch, expert), self._norm_action(batch.action), expert_given)
+            weights = {"image": cfg.model.image_scale, "kl": cfg.model.kl_scale,
+                       "proprio": cfg.model.proprio_scale, "idm": 1.0}
+            weights = {k: v for k, v in weights.items() if k in losses}
+            out = optimize(weighted_sum(losses, weights), self.opt_model, self._model_params, cfg.grad_clip)
+            m.update({f"model/{k}": v.detach() for k, v in losses.items()})
+            m.update({f"model/{k}": v for k, v in wm_metrics.items()})
+            m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
+        post = post.detach()
+        feat_expert = self.wm.rssm.feat(post.map(lambda x: x[B:]))
+
+        # Imagination from every agent posterior state; the actor learns through dynamics and reward.
+        with self._part("imagination"):
+            with frozen(self.wm, self.disc, self.ac.critic):
+                feats, actions, reward, actor_loss, returns, weights, am = self._behavior_fn(
+                    post.map(lambda x: x[:B]).flatten())
+        with self._part("actor"):
+            out = optimize(actor_loss, self.opt_actor, self.ac.actor.parameters(), cfg.grad_clip)
+            m.update({"actor/loss": actor_loss.detach(), "actor/grad_norm": out["grad_norm"],
+                      "reward/imagined_mean": reward.detach().mean()})
+            m.update({f"actor/{k}": v for k, v in am.items()})
+            skipped += out["skipped"]
+        with self._part("critic"):
+            with self._autocast():
+                critic_loss = self.ac.critic_loss(feats, returns, weights)
+            out = optimize(critic_loss, self.opt_critic, self.ac.critic.parameters(), cfg.grad_clip)
+            self.ac.update_target(self.updates + 1)
+            m.update({"critic/loss": critic_loss.detach(), "critic/grad_norm": out["grad_norm"]})
+            skipped += out["skipped"]
+
+        # Discriminator: expert posterior transitions (real) vs imagined agent transitions (fake).
+        with self._part("discriminator"):
+            dm, skip = self._disc_update(feat_expert, expert_action.detach(), expert.is_first.to(dev),
+                                         feats.detach(), actions.detach(), step)
+            m.update(dm)
+            skipped += skip
+        self.updates += 1
+        # One device -> host transfer for every metric.
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(dev).float().reshape(())
+                              for v in m.values()]).tolist()
+        metrics = dict(zip(m.keys(), values))
+        metrics["skipped"] = float(skipped)
+        return metrics
+
+    def _disc_update(self, feat_e: torch.Tensor, action_e: torch.Tensor, first_e: torch.Tensor,
+                     feats: torch.Tensor, actions: torch.Tensor, step: int) -> tuple[dict[str, Any], float]:
+        c, inputs = self.cfg.disc, self.disc.inputs
+        F_, A = feat_e.shape[-1], self.action_dim
+        x_e = disc_input(feat_e[:, :-1].reshape(-1, F_), action_e[:, 1:].reshape(-1, A),
+                         feat_e[:, 1:].reshape(-1, F_), inputs)
+        w_e = (~first_e[:, 1:]).reshape(-1).float()  # a transition into an episode start is not one
+        H, N = actions.shape[:2]
+        n = c.agent_samples or x_e.shape[0]
+        idx = torch.randint(H * N, (n,), device=self.device)
+        x_a = disc_input(feats[:-1].reshape(-1, F_)[idx], actions.reshape(-1, A)[idx],
+                         feats[1:].reshape(-1, F_)[idx], inputs)
+        x_e, x_a = x_e.float(), x_a.float()
+        std = linear_schedule(step, c.noise_std, c.noise_final_std, c.noise_anneal_steps)
+        if std > 0:
+            x_e = x_e + std * torch.randn_like(x_e)
+            x_a = x_a + std * torch.randn_like(x_a)
+        with self._autocast():
+            logit_e, logit_a = self.disc(x_e).float(), self.disc(x_a).float()
+        losses = bce_losses(logit_e, logit_a, w_e)
+        k = min(x_e.shape[0], x_a.shape[0])
+        if c.penalty == "input":
+            losses["penalty"] = input_gradient_penalty(self.disc, x_e[:k], x_a[:k])
+        elif c.penalty == "params":
+            losses["penalty"] = param_gradient_penalty(self.disc, x_e[:k], x_a[:k])
+        weights = {"expert": 1.0, "agent": 1.0, "penalty": c.penalty_coef}
+        weights = {k_: v for k_, v in weights.items() if k_ in losses}
+        loss = weighted_sum(losses, weights)
+        out = optimize(loss, self.opt_disc, self.disc.parameters(), self.cfg.grad_clip)
+        metrics = {"disc/loss": loss.detach(), "disc/grad_norm": out["grad_norm"], "disc/noise_std": std,
+                   "disc/expert_acc": ((logit_e.detach() > 0).float() * w_e).sum() / w_e.sum().clamp(min=1.0),
+                   "disc/agent_acc": (logit_a.detach() < 0).float().mean(),
+                   "reward/expert_mean": reward_from_logit(logit_e.detach(), c.reward, c.reward_scale).mean()}
+        metrics.update({f"disc/{k_}": v.detach() for k_, v in losses.items()})
+        return metrics, out["skipped"]
+
+    # ------------------------------------------------------------------ acting
+
+    def _expl_amount(self) -> float:
+        c = self.cfg
+        amount = c.expl_noise
+        if c.expl_decay:
+            amount *= 0.5 ** (self._last_step / c.expl_decay)
+        return max(amount, c.expl_min)
+
+    @torch.no_grad()
+    def act(self, obs: Obs, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
+        image = torch.as_tensor(obs.image, device=self.device)
+        if tuple(image.shape) != tuple(self.spec.obs_shape) or image.dtype != torch.uint8:
+            raise ValueError(f"VMIL acts on uint8 images {self.spec.obs_shape}, got {image.dtype} {tuple(image.shape)}")
+        proprio = None
+        if self.cfg.model.proprio:
+            if obs.proprio is None:
+                raise ValueError("model.proprio=true but the observation has no proprioceptive state")
+            proprio = torch.as_tensor(obs.proprio, dtype=torch.float32, device=self.device)[None]
+        rssm = self.wm.rssm
+        if state is None or obs.first:
+            latent, prev = rssm.initial(1, self.device), torch.zeros(1, self.action_dim, device=self.device)
+        else:
+            latent, prev = state
+        embed = self.wm.encode(preprocess_image(image[None]), proprio)
+        # Evaluation filters with posterior means, so the deterministic policy is deterministic.
+        post, _ = rssm.obs_step(latent, prev, embed, sample=explore)
+        feat = rssm.feat(post)
+        if explore:
+            action = self.ac.actor.sample(feat)[0]
+            amount = self._expl_amount()
+            if amount > 0:
+                action = (action + amount * torch.randn_like(action)).clamp(-1, 1)
+        else:
+            action = self.ac.actor.mode(feat)
+        env_action = (action * self._a_scale + self._a_shift)[0].cpu().numpy().astype(np.float32)
+        return env_action, (post, action)
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def _slice(self, batch: SequenceBatch, n: int, T: int) -> SequenceBatch:
+        cut = lambda x: None if x is None else x[:n, :T].to(self.device)  # noqa: E731
+        return SequenceBatch(*(cut(x) for x in batch))
+
+    @torch.no_grad()
+    def visualize(self, expert: SequenceBatch | None, batch: SequenceBatch | None,
+                  sequences: int = 4) -> dict[str, np.ndarray]:
+        """Open-loop prediction strips (truth / prediction / error rows), HWC uint8, for an expert and
+        an agent batch: the model sees ``openloop_context`` frames, then only the actions."""
+        out = {}
+        for name, b in (("openloop_expert", expert), ("openloop_agent", batch)):
+            if b is None:
+                continue
+            self._check(b, name)
+            T = min(self.cfg.openloop_steps, b.obs.shape[1])
+            b = self._slice(b, sequences, T)
+            context = min(self.cfg.openloop_context, T - 1)
+            truth, pred = self.wm.open_loop(b.obs, self._sequence_actions(b), b.is_first.to(self.device), context,
+                                            self._proprio(b))
+            out[name] = openloop_strip(truth, pred)
+        return out
+
+    @torch.no_grad()
+    def reward_along(self, batch: SequenceBatch) -> np.ndarray:
+        """Discriminator reward [B, T-1] of each posterior transition of a batch of sequences."""
+        self._check(batch, "reward")
+        b = self._slice(batch, batch.obs.shape[0], batch.obs.shape[1])
+        embed = self.wm.encode(preprocess_image(b.obs), self._proprio(b))
+        action = self._sequence_actions(b, embed)
+        post, _ = self.wm.rssm.observe(embed, action, b.is_first, sample=False)
+        feat = self.wm.rssm.feat(post)
+        logit = self.disc.transition_logit(feat[:, :-1], action[:, 1:], feat[:, 1:])
+        return reward_from_logit(logit, self.cfg.disc.reward, self.cfg.disc.reward_scale).cpu().numpy()
+
+    @torch.no_grad()
+    def imagine_frames(self, batch: SequenceBatch, start: int = 0, horizon: int | None = None,
+                       sequences: int = 4) -> np.ndarray:
+        """Decoded frames uint8 [N, H+1, C, H, W] of the actor's imagined rollouts from the posterior
+        at time ``start`` of the first ``sequences`` sequences (frame 0: the posterior itself)."""
+        horizon = horizon or self.cfg.behavior.horizon
+        if not 0 <= start < batch.obs.shape[1]:
+            raise ValueError(f"start must be in [0, {batch.obs.shape[1] - 1}], got {start}")
+        b = self._slice(batch, sequences, start + 1)
+        embed = self.wm.encode(preprocess_image(b.obs), self._proprio(b))
+        post, _ = self.wm.rssm.observe(embed, self._sequence_actions(b, embed), b.is_first, sample=False)
+        states, _, _, _ = imagine(self.wm.rssm, self.ac.actor, post.map(lambda x: x[:, -1]), horizon)
+        return self.wm.decode_states(states).transpose(0, 1).cpu().numpy()
+
+    def imagine_strip(self, batch: SequenceBatch, start: int = 0, horizon: int | None = None) -> np.ndarray:
+        """:meth:`imagine_frames` as one HWC uint8 image (a row per sequence)."""
+        return frame_grid(self.imagine_frames(batch, start, horizon))
+
+    # ------------------------------------------------------------------ persistence
+
+    def _parts(self) -> dict[str, Any]:
+        parts = {"world_model": self.wm, "actor_critic": self.ac, "disc": self.disc, "opt_model": self.opt_model,
+                 "opt_actor": self.opt_actor, "opt_critic": self.opt_critic, "opt_disc": self.opt_disc}
+        if self.idm is not None:
+            parts["idm"] = self.idm
+        return parts
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: part.state_dict() for name, part in self._parts().items()}
+        state["updates"] = self.updates
+        state["last_step"] = self._last_step
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parts = self._parts()
+        expected = set(parts) | {"updates", "last_step"}
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(f"not a VMIL checkpoint for this config: missing keys {sorted(missing)}, unexpected "
+                             f"keys {sorted(unexpected)} (an inverse-dynamics model exists only for demos "
+                             "without actions and expert_actions=infer)")
+        for name, part in parts.items():
+            try:
+                part.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise ValueError(f"VMIL checkpoint part '{name}' does not fit this config (different sizes?): "
+                                 f"{str(err).splitlines()[0]}") from err
+        self.updates, self._last_step = int(state["updates"]), int(state["last_step"])
+
+
+def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any) -> VMILAgent:
+    """A VMIL agent for ``spec``; ``demos`` (a :class:`vmil.data.episode.DemoInfo`) says whether the
+    demos carry actions, which picks the discriminator's inputs and how expert actions are handled."""
+    if not isinstance(cfg, Config):
+        raise TypeError(f"vmil.build expects imitation.vmil.Config, got {type(cfg).__name__}")
+    if spec.discrete:
+        raise ValueError(f"VMIL needs continuous actions; {spec.env_id} has discrete actions")
+    if demos is None:
+        raise ValueError("VMIL imitates demonstrations: pass --demos DIR (record some with `vmil demos record`)")
+    if tuple(demos.obs_shape) != tuple(spec.obs_shape):
+        raise ValueError(f"demos in {demos.directory} have observations {tuple(demos.obs_shape)} but {spec.env_id} "
+                         f"gives {tuple(spec.obs_shape)}; record demos with the same image size and channels")
+    has_actions = bool(demos.has_actions)
+    if has_actions and demos.action_dim != spec.action_dim:
+        raise ValueError(f"demos in {demos.directory} have {demos.action_dim}-d actions but {spec.env_id} has "
+                         f"{spec.action_dim}")
+    if not has_actions and cfg.disc.inputs in ("zaz", "za") and cfg.expert_actions == "zeros":
+        raise ValueError(f"disc.inputs={cfg.disc.inputs} needs expert actions but the demos have none and "
+                         "expert_actions=zeros; use disc.inputs=auto (or zz), or expert_actions=infer")
+    if cfg.model.proprio and spec.state_dim <= 0:
+        raise ValueError(f"model.proprio=true but {spec.env_id} has no proprioceptive state; set model.proprio=false")
+    return VMILAgent(cfg, spec, device, has_actions)

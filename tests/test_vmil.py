@@ -1,0 +1,306 @@
+"""VMIL: discriminator pieces against hand computations, the agent's update/act/checkpoint contract,
+bad input, and (slow) learning toy:reach from observation-only demos."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imitation import vmil
+from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscriminator, bce_losses, disc_input,
+                                            input_gradient_penalty, linear_schedule, param_gradient_penalty,
+                                            reward_from_logit)
+from vmil.base import EnvSpec, Obs, SequenceBatch
+from vmil.config import ConfigError, resolve
+from world_model.behavior import BehaviorConfig
+from world_model.model import ModelConfig
+
+SPEC = EnvSpec("toy:reach", (3, 64, 64), 2)
+
+
+# ------------------------------------------------------------------------------ discriminator pieces
+
+def test_input_gradient_penalty_linear_network():
+    """D(x) = w.x + b has input gradient w everywhere: penalty = (|w| - 1)^2."""
+    disc = nn.Linear(3, 1)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([[1.0, 2.0, 2.0]]))  # |w| = 3
+    e, a = torch.randn(5, 3), torch.randn(5, 3)
+    assert torch.allclose(input_gradient_penalty(disc, e, a), torch.tensor(4.0))
+
+
+def test_input_gradient_penalty_tiny_tanh_network_by_hand():
+    """D(x) = v tanh(u.x + c) + b0: grad_x = v (1 - tanh^2(u.x + c)) u, at x = alpha e + (1 - alpha) a."""
+    disc = nn.Sequential(nn.Linear(2, 1), nn.Tanh(), nn.Linear(1, 1))
+    u, c, v = np.array([0.5, -1.0]), 0.2, 1.5
+    with torch.no_grad():
+        disc[0].weight.copy_(torch.tensor(u[None], dtype=torch.float32))
+        disc[0].bias.fill_(c)
+        disc[2].weight.fill_(v)
+    e = np.array([[1.0, 2.0], [0.0, -1.0]])
+    a = np.array([[-1.0, 0.5], [2.0, 1.0]])
+    alpha = np.array([[0.25], [0.5]])
+    x = alpha * e + (1 - alpha) * a
+    norms = np.abs(v * (1 - np.tanh(x @ u + c) ** 2)) * np.linalg.norm(u)
+    expected = np.mean((norms - 1) ** 2)
+    got = input_gradient_penalty(disc, torch.tensor(e, dtype=torch.float32), torch.tensor(a, dtype=torch.float32),
+                                 alpha=torch.tensor(alpha, dtype=torch.float32))
+    assert math.isclose(got.item(), expected, rel_tol=1e-5)
+    got.backward()  # the penalty trains the network (double backward)
+    assert disc[0].weight.grad is not None and disc[0].weight.grad.abs().sum() > 0
+
+
+def test_param_gradient_penalty_linear_network():
+    """d mean(w.x + b) / d(w, b) = (mean x, 1): penalty = (sqrt(|mean x|^2 + 1) - 1)^2."""
+    disc = nn.Linear(2, 1)
+    e = torch.tensor([[1.0, 3.0], [3.0, 1.0]])
+    a = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    alpha = torch.tensor([[0.5], [0.5]])
+    mean_x = (0.5 * e + 0.5 * a).mean(0)  # (1.5, 1.5)
+    expected = (math.sqrt(float(mean_x.pow(2).sum()) + 1) - 1) ** 2
+    assert math.isclose(param_gradient_penalty(disc, e, a, alpha).item(), expected, rel_tol=1e-6)
+
+
+def test_gradient_penalty_needs_matching_samples():
+    with pytest.raises(ValueError, match="as many expert as agent"):
+        input_gradient_penalty(nn.Linear(2, 1), torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+def test_reward_forms_and_bce_by_hand():
+    logit = torch.tensor([-2.0, 0.0, 3.0])
+    p = 1 / (1 + np.exp(-logit.numpy()))
+    assert np.allclose(reward_from_logit(logit, "prob").numpy(), p)
+    assert np.allclose(reward_from_logit(logit, "log").numpy(), np.log(p), atol=1e-6)
+    assert np.allclose(reward_from_logit(logit, "logit", scale=2.0).numpy(), 2 * logit.numpy())
+    with pytest.raises(ValueError, match="reward form"):
+        reward_from_logit(logit, "exp")
+    losses = bce_losses(torch.tensor([0.0, 2.0]), torch.tensor([-1.0]))
+    assert math.isclose(losses["expert"].item(), np.mean([-np.log(0.5), -np.log(1 / (1 + np.exp(-2)))]), rel_tol=1e-6)
+    assert math.isclose(losses["agent"].item(), -np.log(1 - 1 / (1 + np.exp(1))), rel_tol=1e-6)
+    weighted = bce_losses(torch.tensor([0.0, 2.0]), torch.tensor([-1.0]), torch.tensor([1.0, 0.0]))
+    assert math.isclose(weighted["expert"].item(), -np.log(0.5), rel_tol=1e-6)
+
+
+def test_disc_inputs_and_schedule():
+    z, a, z2 = torch.zeros(4, 5), torch.ones(4, 2), torch.zeros(4, 5)
+    assert disc_input(z, a, z2, "zaz").shape == (4, 12)
+    assert disc_input(z, a, None, "za").shape == (4, 7)
+    assert disc_input(z, None, z2, "zz").shape == (4, 10)
+    with pytest.raises(ValueError, match="need z, a"):
+        disc_input(z, None, z2, "zaz")
+    d = LatentDiscriminator(5, 2, "zz", units=8, layers=1)
+    assert d.transition_logit(z, None, z2).shape == (4,)
+    assert linear_schedule(0, 1.0, 0.0, 10) == 1.0 and linear_schedule(5, 1.0, 0.0, 10) == 0.5
+    assert linear_schedule(50, 1.0, 0.0, 10) == 0.0 and linear_schedule(50, 1.0, 0.0, 0) == 1.0
+
+
+# ------------------------------------------------------------------------------ agent
+
+def tiny_config(**kw) -> vmil.Config:
+    base = dict(model=ModelConfig(deter=16, stoch=4, hidden=16, depth=4),
+                behavior=BehaviorConfig(horizon=3, units=16, actor_layers=1, critic_layers=1),
+                disc=DiscriminatorConfig(units=16, layers=1), batch_size=3, seq_len=6, expert_batch_size=2,
+                idm_units=16, openloop_context=2, openloop_steps=5)
+    base.update(kw)
+    return vmil.Config(**base)
+
+
+def demo_info(has_actions: bool, obs_shape=(3, 64, 64), action_dim=2):
+    return types.SimpleNamespace(directory="demos", obs_shape=obs_shape, has_actions=has_actions,
+                                 action_dim=action_dim if has_actions else 0)
+
+
+def make_batch(B: int, T: int, actions: bool, seed: int = 0, state_dim: int = 0) -> SequenceBatch:
+    g = torch.Generator().manual_seed(seed)
+    first = torch.zeros(B, T, dtype=torch.bool)
+    first[:, 0] = True
+    action = torch.rand(B, T, 2, generator=g) * 2 - 1 if actions else None
+    if action is not None:
+        action[:, 0] = 0
+    state = torch.randn(B, T, state_dim, generator=g) if state_dim else None
+    return SequenceBatch(torch.randint(0, 256, (B, T, 3, 64, 64), dtype=torch.uint8, generator=g), action,
+                         torch.zeros(B, T), first, torch.zeros(B, T, dtype=torch.bool), state)
+
+
+def build(has_actions=False, **kw) -> vmil.VMILAgent:
+    torch.manual_seed(0)
+    return vmil.build(tiny_config(**kw), SPEC, torch.device("cpu"), demo_info(has_actions))
+
+
+@pytest.mark.parametrize("has_actions", [False, True])
+def test_update_trains_every_part(has_actions):
+    agent = build(has_actions)
+    assert agent.disc.inputs == ("zaz" if has_actions else "zz")
+    assert (agent.idm is not None) == (not has_actions)
+    assert agent.request.kind == "sequence" and agent.request.expert_batch_size == 2
+    before = {name: [p.clone() for p in m.parameters()] for name, m in
+              (("wm", agent.wm), ("actor", agent.ac.actor), ("critic", agent.ac.critic), ("disc", agent.disc))}
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, has_actions, seed=1), step=0)
+    for key in ("model/image", "model/kl", "disc/loss", "disc/expert_acc", "disc/agent_acc", "reward/imagined_mean",
+                "actor/loss", "critic/loss", "model/grad_norm", "actor/grad_norm", "skipped"):
+        assert key in metrics and math.isfinite(metrics[key]), key
+    assert ("model/idm" in metrics) == (not has_actions)
+    assert metrics["skipped"] == 0.0 and 0.0 <= metrics["disc/expert_acc"] <= 1.0
+    for name, m in (("wm", agent.wm), ("actor", agent.ac.actor), ("critic", agent.ac.critic), ("disc", agent.disc)):
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], m.parameters())), f"{name} did not change"
+    assert all(p.requires_grad for p in agent.wm.parameters())
+
+
+def test_zero_expert_actions_option_and_param_penalty():
+    agent = build(False, expert_actions="zeros", disc=DiscriminatorConfig(units=16, layers=1, penalty="params",
+                                                                         reward="logit"))
+    assert agent.idm is None
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    assert metrics["skipped"] == 0.0 and "model/idm" not in metrics and math.isfinite(metrics["disc/penalty"])
+
+
+def test_non_finite_update_is_skipped_without_touching_weights():
+    agent = build(False)
+    with torch.no_grad():
+        next(agent.wm.decoder.parameters()).fill_(float("nan"))
+    snapshot = [p.clone() for p in agent.wm.encoder.parameters()]
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    assert metrics["skipped"] >= 1.0
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, agent.wm.encoder.parameters()))
+
+
+def test_act_resets_and_respects_bounds():
+    agent = build(False)
+    frame = np.random.default_rng(0).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    action, state = agent.act(Obs(frame, None, True), None, explore=True)
+    assert action.shape == (2,) and action.dtype == np.float32 and np.all(np.abs(action) <= 1)
+    a1, s1 = agent.act(Obs(frame, None, False), state, explore=False)
+    a2, _ = agent.act(Obs(frame, None, False), state, explore=False)
+    assert np.allclose(a1, a2)  # deterministic mode
+    # obs.first resets the recurrent state: same as starting from None.
+    r1, _ = agent.act(Obs(frame, None, True), s1, explore=False)
+    r2, _ = agent.act(Obs(frame, None, True), None, explore=False)
+    assert np.allclose(r1, r2)
+    with pytest.raises(ValueError, match="uint8 images"):
+        agent.act(Obs(frame[:, :32], None, True), None, explore=False)
+
+
+def test_visualize_reward_and_imagination_outputs():
+    agent = build(False)
+    images = agent.visualize(make_batch(2, 6, False), make_batch(3, 6, True))
+    assert set(images) == {"openloop_expert", "openloop_agent"}
+    steps = agent.cfg.openloop_steps
+    assert images["openloop_expert"].shape == (2 * 3 * 65 - 1, steps * 65 - 1, 3)
+    assert images["openloop_agent"].dtype == np.uint8
+    assert agent.visualize(make_batch(2, 6, False), None).keys() == {"openloop_expert"}
+    r = agent.reward_along(make_batch(2, 6, False))
+    assert r.shape == (2, 5) and np.all((r >= 0) & (r <= 1))
+    frames = agent.imagine_frames(make_batch(2, 6, True), start=2, horizon=4)
+    assert frames.shape == (2, 5, 3, 64, 64) and frames.dtype == np.uint8
+
+
+def test_state_dict_roundtrip_and_rejections():
+    agent = build(False)
+    agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    state = agent.state_dict()
+    other = build(False)
+    other.load_state_dict(state)
+    assert other.updates == 1
+    frame = np.full((3, 64, 64), 77, np.uint8)
+    assert np.allclose(agent.act(Obs(frame, None, True), None, False)[0],
+                       other.act(Obs(frame, None, True), None, False)[0])
+    assert other.opt_model.state_dict()["state"]  # optimiser moments came along
+    with pytest.raises(ValueError, match="missing keys \\['disc'\\]"):
+        other.load_state_dict({k: v for k, v in state.items() if k != "disc"})
+    with pytest.raises(ValueError, match="unexpected keys \\['encoder'"):
+        other.load_state_dict({"encoder": {}, "policy": {}})  # e.g. another algorithm's checkpoint
+    bigger = vmil.build(tiny_config(model=ModelConfig(deter=32, stoch=4, hidden=16, depth=4)), SPEC,
+                        torch.device("cpu"), demo_info(False))
+    with pytest.raises(ValueError, match="does not fit this config"):
+        bigger.load_state_dict(state)
+
+
+def test_build_rejects_bad_input():
+    cfg = tiny_config()
+    with pytest.raises(ValueError, match="continuous actions"):
+        vmil.build(cfg, EnvSpec("toy:reach_discrete", (3, 64, 64), 5, discrete=True), torch.device("cpu"),
+                   demo_info(False))
+    with pytest.raises(ValueError, match="same image size"):
+        vmil.build(cfg, SPEC, torch.device("cpu"), demo_info(False, obs_shape=(3, 84, 84)))
+    with pytest.raises(ValueError, match="--demos"):
+        vmil.build(cfg, SPEC, torch.device("cpu"), None)
+    with pytest.raises(ValueError, match="3-d actions"):
+        vmil.build(cfg, SPEC, torch.device("cpu"), demo_info(True, action_dim=3))
+    with pytest.raises(ValueError, match="64"):
+        vmil.build(cfg, EnvSpec("x", (3, 84, 84), 2), torch.device("cpu"), demo_info(False, obs_shape=(3, 84, 84)))
+    agent = build(False)
+    with pytest.raises(ValueError, match="expected uint8 obs"):
+        agent.update(make_batch(3, 6, True), SequenceBatch(*((torch.zeros(2, 6, 3, 32, 32, dtype=torch.uint8),)
+                                                              + tuple(make_batch(2, 6, False))[1:])), 0)
+    with pytest.raises(ValueError, match="expert batch"):
+        agent.update(make_batch(3, 6, True), None, 0)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("agent.behavior.horizon=0", "horizon"),
+    ("agent.batch_size=0", "batch_size"),
+    ("agent.expert_batch_size=-1", "expert_batch_size"),
+    ("agent.seq_len=1", "seq_len"),
+    ("agent.disc.reward=exp", "reward"),
+])
+def test_bad_config_values_fail_at_resolution(override, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve("vmil", vmil.Config, "toy:reach", "smoke", [override])
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+def test_presets_resolve(preset):
+    cfg = resolve("vmil", vmil.Config, "toy:reach", preset).agent
+    assert isinstance(cfg, vmil.Config) and cfg.batch_size > 0
+    if preset == "paper":
+        m, b = cfg.model, cfg.behavior
+        assert (m.deter, m.stoch, m.hidden, m.depth, b.units, b.horizon) == (200, 30, 200, 32, 400, 15)
+        assert (b.gamma, b.lam, m.lr, b.actor_lr, b.critic_lr, cfg.disc.lr) == (0.99, 0.95, 6e-4, 8e-5, 8e-5, 8e-5)
+        assert (cfg.grad_clip, m.free_nats, cfg.batch_size, cfg.seq_len) == (100.0, 3.0, 50, 50)
+
+
+def test_proprio_agent_runs():
+    spec = EnvSpec("toy:reach", (3, 64, 64), 2, state_dim=2)
+    cfg = tiny_config(model=ModelConfig(deter=16, stoch=4, hidden=16, depth=4, proprio=True, proprio_units=8,
+                                        proprio_embed=8))
+    torch.manual_seed(0)
+    agent = vmil.build(cfg, spec, torch.device("cpu"), demo_info(False))
+    metrics = agent.update(make_batch(3, 6, True, state_dim=2), make_batch(2, 6, False, seed=1, state_dim=2), 0)
+    assert "model/proprio" in metrics and metrics["skipped"] == 0.0
+    frame = np.zeros((3, 64, 64), np.uint8)
+    action, _ = agent.act(Obs(frame, np.zeros(2, np.float32), True), None, False)
+    assert action.shape == (2,)
+    with pytest.raises(ValueError, match="no proprioceptive state"):
+        agent.act(Obs(frame, None, True), None, False)
+    with pytest.raises(ValueError, match="proprio"):
+        vmil.build(cfg, SPEC, torch.device("cpu"), demo_info(False))
+
+
+def test_bench_reports_its_keys():
+    from vmil.bench.vmil import bench_vmil
+
+    out = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0)
+    for key in ("ms_per_update", "gflop_per_update", "achieved_gflops", "peak_gflops", "peak_fraction"):
+        assert out[key] > 0, key
+    assert set(out["parts"]) == {"world_model", "imagination", "actor", "critic", "discriminator"}
+
+
+# ------------------------------------------------------------------------------ learning
+
+@pytest.mark.slow
+def test_vmil_learns_toy_reach_from_observation_only_demos(tmp_path):
+    """The cpu preset's budget, observation-only demos: >= 80% of the expert's return."""
+    from conftest import record_toy_demos
+    from vmil.runner import build_run
+
+    demos = record_toy_demos(tmp_path / "demos", 10, keep_actions=False)
+    cfg = resolve("vmil", vmil.Config, "toy:reach", "cpu")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, video=False))
+    runner = build_run(cfg, demos, tmp_path / "run", tracking_uri=None, quiet=True)
+    summary = runner.run()
+    assert summary["normalized_score"] >= 0.8, summary

@@ -1,0 +1,298 @@
+"""World model: returns, KL, free nats, RSSM shapes and resets, actor distribution, open loop,
+and the world model learning toy:reach frames."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vmil.config import ConfigError
+from world_model.behavior import Actor, ActorCritic, BehaviorConfig, frozen, imagine
+from world_model.model import ModelConfig, WorldModel
+from world_model.networks import ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
+from world_model.returns import discount_weights, lambda_return
+from world_model.rssm import RSSM, State, free_nats_clamp, kl_loss, kl_normal
+from world_model.viz import frame_grid, openloop_strip
+
+
+# ------------------------------------------------------------------------------ returns
+
+def test_lambda_return_matches_hand_computation():
+    reward = torch.tensor([1.0, 2.0, 3.0])
+    next_value = torch.tensor([10.0, 20.0, 30.0])
+    # G2 = 3 + .9*30 = 30; G1 = 2 + .9*(.5*20 + .5*30) = 24.5; G0 = 1 + .9*(.5*10 + .5*24.5) = 16.525
+    got = lambda_return(reward, next_value, 0.9, 0.5)
+    assert torch.allclose(got, torch.tensor([16.525, 24.5, 30.0]))
+    # lam = 1: discounted Monte-Carlo return bootstrapped with V(s_H).
+    mc = lambda_return(reward, next_value, 0.9, 1.0)
+    assert torch.allclose(mc[0], torch.tensor(1 + 0.9 * 2 + 0.81 * 3 + 0.729 * 30))
+    # lam = 0: one-step TD targets.
+    assert torch.allclose(lambda_return(reward, next_value, 0.9, 0.0), reward + 0.9 * next_value)
+
+
+def test_lambda_return_per_step_discount_and_batch():
+    reward = torch.tensor([[1.0, 0.0], [1.0, 2.0]])  # [H=2, N=2]
+    next_value = torch.tensor([[5.0, 1.0], [4.0, 3.0]])
+    discount = torch.tensor([[0.5, 1.0], [0.0, 1.0]])  # column 0 terminates after step 1
+    got = lambda_return(reward, next_value, discount, 0.5)
+    # col 0: G1 = 1 + 0*4 = 1; G0 = 1 + .5*(.5*5 + .5*1) = 2.5
+    # col 1: G1 = 2 + 3 = 5;   G0 = 0 + 1*(.5*1 + .5*5) = 3
+    assert torch.allclose(got, torch.tensor([[2.5, 3.0], [1.0, 5.0]]))
+
+
+def test_discount_weights():
+    w = discount_weights(0.5, 4, torch.zeros(4, 2))
+    assert torch.allclose(w[:, 0], torch.tensor([1.0, 0.5, 0.25, 0.125])) and w.shape == (4, 2)
+
+
+def test_lambda_return_rejects_bad_input():
+    with pytest.raises(ValueError, match="must match"):
+        lambda_return(torch.zeros(3), torch.zeros(4), 0.9, 0.5)
+    with pytest.raises(ValueError, match="lambda"):
+        lambda_return(torch.zeros(3), torch.zeros(3), 0.9, 1.5)
+
+
+# ------------------------------------------------------------------------------ KL and free nats
+
+def test_kl_of_diagonal_gaussians_matches_closed_form():
+    m1, s1 = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.5])
+    m2, s2 = torch.tensor([1.0, -1.0]), torch.tensor([2.0, 1.0])
+    # Per dim: log(s2/s1) + (s1^2 + (m1-m2)^2) / (2 s2^2) - 1/2
+    d0 = math.log(2.0) + (1 + 1) / 8 - 0.5
+    d1 = math.log(2.0) + (0.25 + 4) / 2 - 0.5
+    assert torch.allclose(kl_normal(m1, s1, m2, s2), torch.tensor(d0 + d1))
+    assert torch.allclose(kl_normal(m1, s1, m1, s1), torch.tensor(0.0))
+
+
+def test_free_nats_clamp_value_and_gradient():
+    low = torch.tensor(1.0, requires_grad=True)
+    out = free_nats_clamp(low, 3.0)
+    out.backward()
+    assert out.item() == 3.0 and low.grad.item() == 0.0  # no gradient below the threshold
+    high = torch.tensor(5.0, requires_grad=True)
+    out = free_nats_clamp(high, 3.0)
+    out.backward()
+    assert out.item() == 5.0 and high.grad.item() == 1.0
+
+
+def _states(requires_grad=True):
+    g = torch.Generator().manual_seed(0)
+    mk = lambda: torch.randn(4, 3, generator=g).requires_grad_(requires_grad)  # noqa: E731
+    post = State(mk(), torch.rand(4, 3, generator=g) + 0.5, torch.zeros(4, 3), torch.zeros(4, 2))
+    prior = State(mk(), torch.rand(4, 3, generator=g) + 0.5, torch.zeros(4, 3), torch.zeros(4, 2))
+    return post, prior
+
+
+def test_kl_loss_free_nats_and_balancing():
+    post, prior = _states()
+    loss, value = kl_loss(post, prior, free_nats=0.0)
+    assert torch.allclose(value, kl_normal(post.mean, post.std, prior.mean, prior.std).mean())
+    assert torch.allclose(loss, value)
+    loss, _ = kl_loss(post, prior, free_nats=1e6)
+    assert loss.item() == 1e6
+    # Balancing keeps the value but splits the gradient: the prior gets `balance` of it.
+    plain, _ = kl_loss(post, prior, free_nats=0.0)
+    g_prior, g_post = torch.autograd.grad(plain, [prior.mean, post.mean])
+    bal, value_b = kl_loss(post, prior, free_nats=0.0, balance=0.8)
+    b_prior, b_post = torch.autograd.grad(bal, [prior.mean, post.mean])
+    assert torch.allclose(bal, value_b, atol=1e-6)
+    assert torch.allclose(b_prior, 0.8 * g_prior, atol=1e-6) and torch.allclose(b_post, 0.2 * g_post, atol=1e-6)
+    with pytest.raises(ValueError, match="balance"):
+        kl_loss(post, prior, 0.0, balance=1.0)
+
+
+def test_kl_loss_mask_leaves_rows_out():
+    post, prior = _states(requires_grad=False)
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    _, value = kl_loss(post, prior, 0.0, mask=mask)
+    assert torch.allclose(value, kl_normal(post.mean, post.std, prior.mean, prior.std)[:2].mean())
+
+
+# ------------------------------------------------------------------------------ RSSM and networks
+
+def test_encoder_decoder_shapes():
+    enc = ConvEncoder(3, 64, depth=32)
+    assert enc.out_dim == 1024
+    x = torch.zeros(2, 5, 3, 64, 64)
+    assert enc(x).shape == (2, 5, 1024)
+    dec = ConvDecoder(230, 3, 64, depth=8)
+    assert dec(torch.zeros(2, 5, 230)).shape == (2, 5, 3, 64, 64)
+    with pytest.raises(ValueError, match="64"):
+        ConvEncoder(3, 84)
+    with pytest.raises(ValueError, match="expects images"):
+        enc(torch.zeros(2, 3, 32, 32))
+
+
+def test_preprocess_roundtrip():
+    obs = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(postprocess_image(preprocess_image(obs)), obs)
+    with pytest.raises(TypeError, match="uint8"):
+        preprocess_image(obs.float())
+
+
+def test_observe_and_imagine_shapes():
+    B, T, H, A, E = 3, 6, 4, 2, 10
+    rssm = RSSM(A, E, stoch=5, deter=7, hidden=8)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    post, prior = rssm.observe(torch.randn(B, T, E), torch.randn(B, T, A), is_first)
+    for s in (post, prior):
+        assert s.mean.shape == s.std.shape == s.stoch.shape == (B, T, 5) and s.deter.shape == (B, T, 7)
+        assert (s.std >= 0.1).all()
+    assert rssm.feat(post).shape == (B, T, 12)
+    actor = Actor(12, A, units=8, layers=2)
+    states, feats, actions, logp = imagine(rssm, actor, post.flatten(), H, with_log_prob=True)
+    assert feats.shape == (H + 1, B * T, 12) and actions.shape == (H, B * T, A) and logp.shape == (H, B * T)
+    assert states.deter.shape == (H + 1, B * T, 7)
+    assert torch.equal(states.stoch[0], post.flatten().stoch)
+    assert actions.abs().max() <= 1
+    with pytest.raises(ValueError, match="observe expects"):
+        rssm.observe(torch.randn(B, T, E), torch.randn(B, T + 1, A), is_first)
+
+
+def test_observe_resets_state_at_episode_start():
+    torch.manual_seed(0)
+    B, T, A, E = 2, 7, 2, 6
+    rssm = RSSM(A, E, stoch=4, deter=5, hidden=6)
+    embed, action = torch.randn(B, T, E), torch.randn(B, T, A)
+    action[:, 3] = 0  # the convention: no action led to an episode's first frame
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 3] = True
+    post, _ = rssm.observe(embed, action, is_first, sample=False)
+    tail, _ = rssm.observe(embed[:, 3:], action[:, 3:], is_first[:, 3:], sample=False)
+    assert torch.allclose(post.deter[:, 3:], tail.deter, atol=1e-6)
+    assert torch.allclose(post.mean[:, 3:], tail.mean, atol=1e-6)
+
+
+def test_observe_matches_obs_step_loop():
+    torch.manual_seed(1)
+    rssm = RSSM(2, 6, stoch=4, deter=5, hidden=6)
+    embed, action = torch.randn(1, 4, 6), torch.randn(1, 4, 2)
+    post, prior = rssm.observe(embed, action, torch.zeros(1, 4, dtype=torch.bool), sample=False)
+    state = rssm.initial(1)
+    for t in range(4):
+        state, p = rssm.obs_step(state, action[:, t], embed[:, t], sample=False)
+        assert torch.allclose(state.mean, post.mean[:, t], atol=1e-6)
+        assert torch.allclose(p.mean, prior.mean[:, t], atol=1e-6)
+
+
+def test_actor_log_prob_matches_torch_distribution():
+    torch.manual_seed(0)
+    actor = Actor(6, 3, units=8, layers=2)
+    feat = torch.randn(5, 6)
+    torch.manual_seed(1)
+    action, logp = actor.sample(feat, with_log_prob=True)
+    mean, std = actor(feat)
+    torch.manual_seed(1)
+    u = (mean + std * torch.randn_like(mean)).double()
+    # Change of variables in float64: log N(u) - log(1 - tanh(u)^2).
+    ref = (torch.distributions.Normal(mean.double(), std.double()).log_prob(u)
+           - torch.log1p(-torch.tanh(u) ** 2)).sum(-1)
+    assert torch.allclose(action.double(), torch.tanh(u), atol=1e-6)
+    assert torch.allclose(logp.double(), ref, atol=1e-3)
+    assert torch.allclose(actor.mode(feat), torch.tanh(mean))
+
+
+def test_actor_learns_through_frozen_dynamics_only():
+    """The actor loss reaches the actor's weights but none of the frozen modules' weights."""
+    rssm = RSSM(2, 6, stoch=4, deter=5, hidden=6)
+    ac = ActorCritic(9, 2, BehaviorConfig(horizon=3, units=8, actor_layers=1, critic_layers=1))
+    start = rssm.initial(4)
+    with frozen(rssm, ac.critic):
+        _, feats, actions, _ = imagine(rssm, ac.actor, start, 3)
+        reward = -(actions ** 2).sum(-1)  # reward depends on the actions
+        loss, returns, weights, _ = ac.actor_loss(feats, reward)
+        loss.backward()
+    assert all(p.grad is None for p in rssm.parameters()) and all(p.grad is None for p in ac.critic.parameters())
+    assert all(p.requires_grad for p in rssm.parameters())  # unfrozen again
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ac.actor.parameters())
+    closs = ac.critic_loss(feats, returns, weights)
+    closs.backward()
+    assert all(p.grad is not None for p in ac.critic.parameters())
+
+
+def test_slow_target_refresh():
+    ac = ActorCritic(4, 1, BehaviorConfig(units=4, slow_target=True, slow_target_update=2,
+                                          slow_target_fraction=0.5))
+    with torch.no_grad():
+        for p in ac.critic.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in ac.target.parameters()]
+    ac.update_target(1)  # not a refresh step
+    assert all(torch.equal(a, b) for a, b in zip(before, ac.target.parameters()))
+    ac.update_target(2)
+    for b, t, s in zip(before, ac.target.parameters(), ac.critic.parameters()):
+        assert torch.allclose(t, 0.5 * b + 0.5 * s)
+
+
+def test_open_loop_and_strip():
+    wm = WorldModel((3, 64, 64), 2, deter=8, stoch=4, hidden=8, depth=4)
+    obs = torch.randint(0, 256, (2, 6, 3, 64, 64), dtype=torch.uint8)
+    truth, pred = wm.open_loop(obs, torch.zeros(2, 6, 2), torch.zeros(2, 6, dtype=torch.bool), context=2)
+    assert truth.shape == pred.shape == (2, 6, 3, 64, 64) and pred.dtype == torch.uint8
+    strip = openloop_strip(truth, pred)
+    assert strip.shape == (2 * 3 * 65 - 1, 6 * 65 - 1, 3) and strip.dtype == np.uint8
+    # The error row is mid-grey where truth and prediction agree.
+    same = openloop_strip(truth, truth)
+    assert (same[2 * 65:3 * 65 - 1, :64] == 128).all()
+    with pytest.raises(ValueError, match="context"):
+        wm.open_loop(obs, torch.zeros(2, 6, 2), torch.zeros(2, 6, dtype=torch.bool), context=6)
+    assert frame_grid(np.zeros((1, 2, 1, 4, 4), np.uint8)).shape == (4, 9, 3)
+
+
+def test_world_model_proprio_needs_state():
+    with pytest.raises(ValueError, match="proprio"):
+        WorldModel((3, 64, 64), 2, 0, proprio=True)
+    wm = WorldModel((3, 64, 64), 2, 5, deter=8, stoch=4, hidden=8, depth=4, proprio=True, proprio_units=8)
+    image = preprocess_image(torch.zeros(2, 3, 3, 64, 64, dtype=torch.uint8))
+    state = torch.randn(2, 3, 5)
+    embed = wm.encode(image, state)
+    assert embed.shape == (2, 3, wm.embed_dim) and wm.embed_dim == 4 * 8 * 4 + 64
+    losses, _, _, _ = wm.losses(image, embed, torch.zeros(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool), state,
+                                free_nats=3.0)
+    assert set(losses) == {"image", "kl", "proprio"}
+    with pytest.raises(ValueError, match="no state"):
+        wm.encode(image, None)
+
+
+# ------------------------------------------------------------------------------ configs
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: BehaviorConfig(horizon=0), "horizon"),
+    (lambda: BehaviorConfig(horizon=-3), "horizon"),
+    (lambda: BehaviorConfig(gamma=1.5), "gamma"),
+    (lambda: ModelConfig(deter=0), "deter"),
+    (lambda: ModelConfig(kl_balance=1.0), "kl_balance"),
+    (lambda: ModelConfig(free_nats=-1.0), "free_nats"),
+])
+def test_bad_config_values_fail_clearly(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+# ------------------------------------------------------------------------------ learning
+
+def test_world_model_learns_toy_reach_frames(toy_demos):
+    """A small world model on scripted toy:reach demos: the image loss drops well below its start."""
+    from vmil import envs
+    from vmil.data.replay import Replay
+
+    torch.manual_seed(0)
+    spec = envs.make("toy:reach", image_size=64, action_repeat=2).spec
+    replay = Replay.from_directory(spec, toy_demos, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    wm = WorldModel(spec.obs_shape, spec.action_dim, deter=32, stoch=8, hidden=32, depth=8)
+    opt = torch.optim.Adam(wm.parameters(), lr=2e-3)
+    history = []
+    for _ in range(60):
+        batch = replay.sample_sequences(8, 8, gen)
+        image = preprocess_image(batch.obs)
+        losses, _, _, _ = wm.losses(image, wm.encode(image), batch.action, batch.is_first, free_nats=3.0)
+        loss = losses["image"] + losses["kl"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(losses["image"].item())
+    start, end = np.mean(history[:3]), np.mean(history[-5:])
+    assert end < 0.25 * start, f"image loss {start:.1f} -> {end:.1f}"

@@ -1,0 +1,138 @@
+"""`vmil bench vmil`: where the time of one VMIL update goes, and how close it runs to the machine's peak.
+
+One full update = world model (+ inverse dynamics) on agent + expert sequences, imagination from
+every agent posterior state, actor, critic, discriminator. Batches are synthetic (random frames,
+observation-only expert data, the default use); convolution and matmul costs do not depend on the
+pixel values. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one update; the
+fp32 matmul peak is measured in the same process with the same threads, so the ratio is
+meaningful on a shared machine only when ``cpu_wall_ratio`` is close to ``threads``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+from typing import Any
+
+import torch
+
+from vmil.base import EnvSpec, SequenceBatch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                       seconds: float = 1.0) -> float:
+    """Sustained GFLOP/s of an n x n matmul (best of a few timed rounds)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    iters = 0
+    while time.perf_counter() - t0 < seconds / 4:
+        a @ b
+        iters += 1
+    _sync(device)
+    per = max((time.perf_counter() - t0) / iters, 1e-9)
+    reps = max(1, int(seconds / 3 / per))
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n ** 3 / best / 1e9
+
+
+def synthetic_batch(batch: int, seq: int, spec: EnvSpec, device: torch.device, actions: bool,
+                    generator: torch.Generator) -> SequenceBatch:
+    B, T = batch, seq
+    obs = torch.randint(0, 256, (B, T, *spec.obs_shape), dtype=torch.uint8, generator=generator)
+    action = torch.rand(B, T, spec.action_dim, generator=generator) * 2 - 1 if actions else None
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    if action is not None:
+        action[:, 0] = 0
+    state = torch.randn(B, T, spec.state_dim, generator=generator) if spec.state_dim else None
+    to = lambda x: None if x is None else x.to(device)  # noqa: E731
+    return SequenceBatch(to(obs), to(action), torch.zeros(B, T, device=device), to(is_first),
+                         torch.zeros(B, T, dtype=torch.bool, device=device), to(state))
+
+
+def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 50, *, expert_batch: int | None = None,
+               updates: int = 3, warmup: int = 1, device: str = "cpu", threads: int = 0, amp: str = "none",
+               compile: bool = False, action_dim: int = 6, count_flops: bool = True,
+               overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes.
+
+    ``batch``/``seq`` (None: 16 and 50) set the agent batch; the expert batch defaults to the same
+    size. ``amp='bf16'`` autocasts the forward passes; ``compile`` wraps them in torch.compile."""
+    from imitation import vmil
+    from vmil.config import resolve
+    from vmil.nn import resolve_device
+
+    batch = 16 if batch is None else batch
+    seq = 50 if seq is None else seq
+    expert_batch = batch if expert_batch is None else expert_batch
+    if threads > 0:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    run_cfg = resolve("vmil", vmil.Config, None, preset, list(overrides))
+    cfg = dataclasses.replace(run_cfg.agent, batch_size=batch, seq_len=seq, expert_batch_size=expert_batch,
+                              amp=amp, compile=compile)
+    spec = EnvSpec("bench:synthetic", (3, 64, 64), action_dim)
+    demos = types.SimpleNamespace(directory="synthetic", obs_shape=spec.obs_shape, has_actions=False, action_dim=0)
+    torch.manual_seed(0)
+    agent = vmil.build(cfg, spec, dev, demos)
+    gen = torch.Generator().manual_seed(0)
+    agent_batch = synthetic_batch(batch, seq, spec, dev, True, gen)
+    expert = synthetic_batch(expert_batch, seq, spec, dev, False, gen)
+
+    for i in range(warmup):
+        agent.update(agent_batch, expert, i)
+    gflop = float("nan")
+    if count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            agent.update(agent_batch, expert, warmup)
+        gflop = counter.get_total_flops() / 1e9
+
+    agent.timings = {}
+    _sync(dev)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    for i in range(updates):
+        agent.update(agent_batch, expert, warmup + 1 + i)
+    _sync(dev)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    parts = {k: round(v / updates, 1) for k, v in agent.timings.items()}
+    agent.timings = None
+
+    peak = matmul_peak_gflops(dev, torch.float32)
+    ms = wall / updates * 1000
+    achieved = gflop / (ms / 1000)
+    result: dict[str, Any] = {
+        "ms_per_update": round(ms, 1),
+        "gflop_per_update": round(gflop, 2),
+        "achieved_gflops": round(achieved, 1),
+        "peak_gflops": round(peak, 1),
+        "peak_fraction": round(achieved / peak, 3),
+        "parts": parts,
+        "preset": preset, "batch": batch, "seq": seq, "expert_batch": expert_batch,
+        "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
+        "threads": torch.get_num_threads(), "updates": updates,
+        "cpu_wall_ratio": round(cpu / wall, 2) if dev.type == "cpu" else None,
+        "torch": torch.__version__,
+    }
+    if amp == "bf16":
+        bf16 = matmul_peak_gflops(dev, torch.bfloat16)
+        result["peak_bf16_gflops"] = round(bf16, 1)
+        result["peak_fraction_bf16"] = round(achieved / bf16, 3)
+    return result

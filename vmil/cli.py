@@ -1,0 +1,443 @@
+"""The ``vmil`` command. Heavy modules (torch, mlflow, MuJoCo) are imported inside the handlers, so
+``vmil --help`` and argument errors answer at once.
+
+Every error vmil raises on purpose (bad ids, keys, files, runs) is printed as one line
+``vmil: error: ...`` with a non-zero exit; ``vmil --debug ...`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+PROJECT_PACKAGES = ("vmil", "imitation", "world_model", "configs")
+# Built-in error types count as the user's mistake only when raised by project code itself.
+_RAISED_ON_PURPOSE = (ValueError, RuntimeError, ImportError, OSError, TypeError)
+
+
+class UsageError(Exception):
+    """A command line that cannot be parsed or does not fit together; printed as
+    ``<prog>: error: <message>``."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(f"{prog}: error: {message}")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line instead of printing the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'([^']*)'", match.group(2))
+            near = difflib.get_close_matches(match.group(1), choices, n=1)
+            message = (f"unknown choice '{match.group(1)}'" + (f"; did you mean {near[0]}?" if near else "")
+                       + f" (valid: {', '.join(choices)})")
+        raise UsageError(self.prog, f"{message} (see `{self.prog} --help`)")
+
+
+def _project_module(name: str | None) -> bool:
+    return bool(name) and name.split(".")[0] in PROJECT_PACKAGES
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors that vmil raises on purpose with a message meant for the user."""
+    if isinstance(err, UsageError):
+        return True
+    if _project_module(type(err).__module__) and isinstance(err, Exception):
+        return True
+    if isinstance(err, _RAISED_ON_PURPOSE):
+        tb = err.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and _project_module(tb.tb_frame.f_globals.get("__name__"))
+    return False
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from vmil import envs
+
+    families = envs.list_families()
+    for family, info in families.items():
+        if args.family and family != args.family:
+            continue
+        if info["available"]:
+            ids = envs.list_ids(family)
+            print(f"{family} ({len(ids)} tasks)")
+            for env_id in ids:
+                print(f"  {env_id}")
+        else:
+            print(f"{family}: unavailable ({info['reason']})")
+    if args.family and args.family not in families:
+        envs.family_module(args.family)  # raises with the valid names
+    return 0
+
+
+def cmd_envs_show(args: argparse.Namespace) -> int:
+    from vmil import envs
+
+    kwargs = {"image_size": args.image_size, "action_repeat": args.action_repeat, "camera": args.camera}
+    _print_json(envs.describe(args.env_id, **kwargs))
+    if args.out:
+        import imageio.v3 as iio
+
+        from vmil.evaluate import to_video_frame
+
+        env = envs.make(args.env_id, **kwargs)
+        try:
+            frame = to_video_frame(env.reset().obs, min_size=args.image_size)
+        finally:
+            env.close()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(args.out, frame)
+        print(f"frame written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _env_settings_for(args: argparse.Namespace) -> dict[str, Any]:
+    """Image size, action repeat, grayscale and camera: given flags win, then the algorithm's preset
+    (``--algo``), then the env defaults."""
+    settings: dict[str, Any] = {"image_size": 64, "action_repeat": 2, "grayscale": False, "camera": None}
+    if args.algo:
+        from vmil.config import resolve
+        from vmil.registry import algo_module
+
+        cfg = resolve(args.algo, algo_module(args.algo).Config, args.env, args.preset)
+        settings.update(image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat,
+                        grayscale=cfg.env.grayscale, camera=cfg.env.camera or None)
+    for key in settings:
+        value = getattr(args, key)
+        if value is not None and value is not False:
+            settings[key] = value
+    return settings
+
+
+def cmd_demos_record(args: argparse.Namespace) -> int:
+    from vmil.data.episode import format_demo_info
+    from vmil.demos import record
+
+    info = record(args.env, args.expert, args.episodes, args.out, keep_actions=args.keep_actions,
+                  seed=args.seed, max_episode_steps=args.max_episode_steps, **_env_settings_for(args))
+    print(format_demo_info(info))
+    return 0
+
+
+def cmd_demos_inspect(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vmil.data.episode import format_demo_info
+    from vmil.demos import inspect
+
+    info = inspect(args.dir)
+    if args.json:
+        _print_json(dataclasses.asdict(info))
+    else:
+        print(format_demo_info(info))
+    return 0
+
+
+def cmd_expert_train(args: argparse.Namespace) -> int:
+    from vmil.config import from_dict, merge, parse_override
+    from vmil.experts import sac
+    from vmil.tracking import make_tracker
+
+    data: dict[str, Any] = {}
+    for text in args.overrides:
+        data = merge(data, parse_override(text))
+    cfg = from_dict(sac.SACConfig, data)
+    tracker = make_tracker(args.tracking_uri, "vmil-experts", run_name=f"sac-{args.env}-s{args.seed}")
+    status = "FAILED"
+    try:
+        path = sac.train(args.env, args.steps, args.out, seed=args.seed, action_repeat=args.action_repeat,
+                         eval_every=args.eval_every, device=args.device, cfg=cfg, tracker=tracker)
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+    print(f"expert checkpoint: {path}  (record demos: vmil demos record --env {args.env} --expert {path} "
+          f"--episodes 10 --out demos/NAME)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vmil.runner import build_run, resume_run
+
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in ("algo", "env", "demos", "preset", "seed", "run_dir", "tracking_uri")
+                 if getattr(args, k) is not None]
+        if given:
+            raise UsageError("vmil train", f"--resume continues a run with its saved settings; drop "
+                                           f"{', '.join(given)} (only train.* overrides may change)")
+        runner = resume_run(args.resume, args.overrides)
+    else:
+        missing = [f"--{k}" for k in ("algo", "env", "demos") if getattr(args, k) is None]
+        if missing:
+            raise UsageError("vmil train", f"{', '.join(missing)} required (or --resume RUN_DIR) "
+                                           "(see `vmil train --help`)")
+        from vmil.config import resolve
+        from vmil.registry import algo_module
+
+        overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+        cfg = resolve(args.algo, algo_module(args.algo).Config, args.env, args.preset or "cpu", overrides)
+        runner = build_run(cfg, args.demos, args.run_dir, args.tracking_uri or "sqlite:///mlflow.db")
+    try:
+        summary = runner.run()
+    finally:
+        runner.close()
+    _print_json(summary)
+    run_dir = runner.run_dir
+    print(f"run directory: {run_dir}  (resume: vmil train --resume {run_dir}; evaluate: vmil eval {run_dir})")
+    print(f"MLflow run id: {summary['mlflow_run_id']}")
+    uri = getattr(runner.tracker, "uri", None)
+    if uri:
+        print(f"browse it: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vmil.evaluate import evaluate_checkpoint
+
+    _print_json(evaluate_checkpoint(args.path, args.episodes, video=args.video, device=args.device, seed=args.seed))
+    return 0
+
+
+# Flags each benchmark accepts (flag -> keyword); only flags given on the command line are passed,
+# so every benchmark keeps its own defaults.
+BENCH_FLAGS = {
+    "env": {"env": "env_id", "image_size": "image_size", "steps": "steps"},
+    "replay": {"device": "device", "image_size": "image_size"},
+    "vmil": {"preset": "preset", "batch": "batch", "seq": "seq", "device": "device", "threads": "threads",
+             "updates": "updates"},
+    "patchail": {"algo": "algo", "batch": "batch", "device": "device", "threads": "threads",
+                 "image_size": "image_size", "updates": "updates"},
+}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    flags = BENCH_FLAGS[args.what]
+    extra = sorted(f"--{k.replace('_', '-')}" for k in {k for f in BENCH_FLAGS.values() for k in f} - set(flags)
+                   if getattr(args, k) is not None)
+    if extra:
+        raise UsageError(f"vmil bench {args.what}", f"{', '.join(extra)} does not apply "
+                         f"(it takes {', '.join('--' + k.replace('_', '-') for k in flags)})")
+    kwargs = {kw: getattr(args, flag) for flag, kw in flags.items() if getattr(args, flag) is not None}
+    module = importlib.import_module(f"vmil.bench.{args.what}")
+    _print_json(getattr(module, f"bench_{args.what}")(**kwargs))
+    return 0
+
+
+def cmd_viz_patch_rewards(args: argparse.Namespace) -> int:
+    from imitation.viz import patch_reward_cli
+
+    result = patch_reward_cli(args.run_dir, args.demos, args.out)
+    if result is not None:
+        print(result)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vmil.config import resolve, to_dict
+    from vmil.registry import algo_module
+
+    cfg = resolve(args.algo, algo_module(args.algo).Config, args.env, args.preset, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace) -> int:
+    from vmil.config import RunConfig, describe
+    from vmil.registry import algo_module
+
+    rows = [r for r in describe(RunConfig) if r[0] != "agent"]
+    if args.algo:
+        rows += describe(algo_module(args.algo).Config, "agent.")
+    width = max(len(r[0]) for r in rows)
+    for key, tp, default, text in rows:
+        print(f"{key:<{width}}  {tp:<8} {default!r:<14} {text}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vmil.compare import format_table, load_runs, summarize
+
+    runs = load_runs(args.tracking_uri, args.experiment)
+    table = summarize(runs, env=args.env)
+    if args.json:
+        _print_json(table)
+    else:
+        print(format_table(table))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> Parser:
+    from vmil import __version__
+    from vmil.registry import ALGOS
+
+    algos = ", ".join(sorted(ALGOS))
+    p = Parser(prog="vmil", description="Visual imitation learning from observation: demos, training, "
+                                         "evaluation, benchmarks.")
+    p.add_argument("--version", action="version", version=f"vmil {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    s = sub.add_parser("envs", help="list env families and ids")
+    s.add_argument("--family", help="only this family")
+    s.set_defaults(fn=cmd_envs)
+    envs_sub = s.add_subparsers(dest="envs_command", metavar="{show}", parser_class=Parser)
+    e = envs_sub.add_parser("show", help="an env's specs (JSON), optionally a frame as PNG")
+    e.add_argument("env_id", metavar="ID")
+    e.add_argument("--image-size", type=int, default=64)
+    e.add_argument("--action-repeat", type=int, default=2)
+    e.add_argument("--camera", default=None)
+    e.add_argument("--out", help="write the first frame to this PNG")
+    e.set_defaults(fn=cmd_envs_show)
+
+    s = sub.add_parser("demos", help="record and inspect expert demonstrations")
+    demos = s.add_subparsers(dest="demos_command", metavar="{record,inspect}", parser_class=Parser, required=True)
+    r = demos.add_parser("record", help="record expert episodes (observation-only unless --keep-actions)")
+    r.add_argument("--env", required=True, help="env id, e.g. dmc:cartpole_swingup")
+    r.add_argument("--expert", required=True, help="scripted, mpc, or a SAC checkpoint path")
+    r.add_argument("--episodes", type=int, required=True)
+    r.add_argument("--out", required=True, help="output directory (one .npz per episode)")
+    actions = r.add_mutually_exclusive_group()
+    actions.add_argument("--keep-actions", action="store_true", help="store the expert's actions (BC, BCO)")
+    actions.add_argument("--no-actions", dest="keep_actions", action="store_false",
+                         help="observation-only demos (the default)")
+    r.add_argument("--algo", help="use the image size, action repeat, grayscale and camera of this "
+                                  "algorithm's preset")
+    r.add_argument("--preset", default="cpu", help="preset for --algo (default: cpu)")
+    r.add_argument("--image-size", type=int, default=None, help="square frame size (default 64, or --algo's)")
+    r.add_argument("--action-repeat", type=int, default=None, help="default 2, or --algo's")
+    r.add_argument("--camera", default=None)
+    r.add_argument("--grayscale", action="store_true", default=False)
+    r.add_argument("--max-episode-steps", type=int, default=0, help="0: the env's default")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(fn=cmd_demos_record)
+    i = demos.add_parser("inspect", help="episodes, lengths, returns, shapes, actions, metadata")
+    i.add_argument("dir")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_demos_inspect)
+
+    s = sub.add_parser("expert", help="train state-based experts")
+    expert = s.add_subparsers(dest="expert_command", metavar="{train}", parser_class=Parser, required=True)
+    t = expert.add_parser("train", help="train a SAC expert on low-dimensional state (renders nothing); "
+                                        "run it again with the same --out to resume")
+    t.add_argument("--env", required=True)
+    t.add_argument("--out", required=True, help="directory for the expert's checkpoint (expert.pt) and log")
+    t.add_argument("--steps", type=int, default=500_000, help="agent steps (default 500000)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--action-repeat", type=int, default=None, help="default: the env family's usual one")
+    t.add_argument("--eval-every", type=int, default=10_000)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store ('none': no tracking)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="SAC config overrides, e.g. lr=1e-4")
+    t.set_defaults(fn=cmd_expert_train)
+
+    t = sub.add_parser("train", help="train an imitation agent", description=f"Algorithms: {algos}.")
+    t.add_argument("--algo", help=f"one of: {algos}")
+    t.add_argument("--env", help="env id, e.g. dmc:cartpole_swingup (see `vmil envs`)")
+    t.add_argument("--demos", help="demo directory (see `vmil demos record`)")
+    t.add_argument("--preset", help="smoke, cpu (default) or paper")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--run-dir", help="default: runs/<algo>-<env>-s<seed>-<time>")
+    t.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db; 'none': no tracking)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.env_steps=5000")
+    t.set_defaults(fn=cmd_train)
+
+    v = sub.add_parser("eval", help="evaluate a run's last checkpoint with the deterministic policy")
+    v.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    v.add_argument("--episodes", type=int, default=10)
+    v.add_argument("--video", help="write the first episode to this .mp4")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--seed", type=int, default=None, help="env seed (default: one training never used)")
+    v.set_defaults(fn=cmd_eval)
+
+    b = sub.add_parser("bench", help="timings (JSON on stdout)",
+                       description="env: frames/s with default vs fast rendering and 2 workers; replay: bytes "
+                                   "per frame and batches/s; vmil / patchail: update time and FLOP/s.")
+    b.add_argument("what", choices=("env", "replay", "vmil", "patchail"))
+    b.add_argument("--env", default=None, help="env: env id (default dmc:cheetah_run)")
+    b.add_argument("--image-size", type=int, default=None, help="env, replay, patchail")
+    b.add_argument("--steps", type=int, default=None, help="env: agent steps to time")
+    b.add_argument("--preset", default=None, help="vmil: model size preset (default paper)")
+    b.add_argument("--batch", type=int, default=None, help="vmil, patchail: batch size")
+    b.add_argument("--seq", type=int, default=None, help="vmil: sequence length")
+    b.add_argument("--algo", default=None, help="patchail: which variant (default patchail)")
+    b.add_argument("--updates", type=int, default=None, help="vmil, patchail: timed updates")
+    b.add_argument("--device", default=None, help="replay, vmil, patchail: cpu or cuda")
+    b.add_argument("--threads", type=int, default=None, help="vmil, patchail: torch CPU threads")
+    b.set_defaults(fn=cmd_bench)
+
+    z = sub.add_parser("viz", help="visualisations")
+    viz = z.add_subparsers(dest="viz_command", metavar="{patch-rewards}", parser_class=Parser, required=True)
+    pr = viz.add_parser("patch-rewards", help="patch-reward maps of a PatchAIL run on expert frames")
+    pr.add_argument("run_dir")
+    pr.add_argument("--demos", required=True)
+    pr.add_argument("--out", required=True, help=".mp4 or .png")
+    pr.set_defaults(fn=cmd_viz_patch_rewards)
+
+    c = sub.add_parser("config", help="resolved configs and the keys they accept")
+    config = c.add_subparsers(dest="config_command", metavar="{show,keys}", parser_class=Parser, required=True)
+    cs = config.add_parser("show", help="print the resolved config as YAML")
+    cs.add_argument("--algo", required=True)
+    cs.add_argument("--env", default=None)
+    cs.add_argument("--preset", default="cpu")
+    cs.add_argument("overrides", nargs="*", metavar="key=value")
+    cs.set_defaults(fn=cmd_config_show)
+    ck = config.add_parser("keys", help="every config key with its type, default and meaning")
+    ck.add_argument("--algo", default=None, help="also list this algorithm's agent.* keys")
+    ck.set_defaults(fn=cmd_config_keys)
+
+    m = sub.add_parser("compare", help="final eval returns per method from MLflow")
+    m.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    m.add_argument("--experiment", default="vmil")
+    m.add_argument("--env", default=None, help="only this env")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_compare)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return int(args.fn(args) or 0)
+    except SystemExit as exit_:  # --help, --version
+        return int(exit_.code or 0) if isinstance(exit_.code, int) or exit_.code is None else 1
+    except KeyboardInterrupt:
+        print("vmil: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not is_user_error(err):
+            raise
+        message = " ".join(str(err).split("\n")[0].split()) or type(err).__name__
+        print(message if isinstance(err, UsageError) else f"vmil: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

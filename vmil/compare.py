@@ -1,0 +1,176 @@
+"""Method comparison from MLflow: final scores per (env, algorithm) over seeds, and learning curves.
+
+Used by ``vmil compare`` and ``notebooks/compare_methods.ipynb``. Runs are found by the tags the
+runner sets (``algo``, ``env``, ``seed``); the final score of a run is its last logged
+``eval/return_mean`` (and ``eval/normalized_score`` when the demos' return is positive).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from vmil.tracking import DEFAULT_EXPERIMENT, DEFAULT_URI, TrackingError
+
+RETURN = "eval/return_mean"
+SCORE = "eval/normalized_score"
+
+
+def _client(uri: str):
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise TrackingError(f"no MLflow store at {uri} (the file does not exist); train something first "
+                            "or pass --tracking-uri")
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def load_runs(uri: str = DEFAULT_URI, experiment: str = DEFAULT_EXPERIMENT,
+              finished_only: bool = False) -> list[dict[str, Any]]:
+    """One dict per run of ``experiment``: run_id, algo, env, seed, status, and its latest metrics."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise TrackingError(f"no MLflow experiment '{experiment}' at {uri}; train something first "
+                            "(`vmil train ...`) or pass --tracking-uri/--experiment")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    out = []
+    for run in runs:
+        tags = run.data.tags
+        if "algo" not in tags or "env" not in tags:
+            continue  # not a vmil training run (e.g. an expert)
+        if finished_only and run.info.status != "FINISHED":
+            continue
+        out.append({"run_id": run.info.run_id, "algo": tags["algo"], "env": tags["env"],
+                    "seed": int(tags.get("seed", -1)), "status": run.info.status,
+                    "start_time": run.info.start_time, "metrics": dict(run.data.metrics)})
+    return sorted(out, key=lambda r: (r["env"], r["algo"], r["seed"], r["start_time"]))
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values))
+
+
+def summarize(runs: list[dict[str, Any]], env: str | None = None) -> list[dict[str, Any]]:
+    """Per (env, algo): seeds, final eval return mean/std over seeds, normalised score mean/std."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if env is None or run["env"] == env:
+            groups[(run["env"], run["algo"])].append(run)
+    rows = []
+    for (env_id, algo), members in sorted(groups.items()):
+        ret_mean, ret_std = _mean_std([r["metrics"].get(RETURN) for r in members])
+        score_mean, score_std = _mean_std([r["metrics"].get(SCORE) for r in members])
+        rows.append({"env": env_id, "algo": algo, "runs": len(members),
+                     "seeds": sorted({r["seed"] for r in members}),
+                     "return_mean": ret_mean, "return_std": ret_std,
+                     "score_mean": score_mean, "score_std": score_std,
+                     "env_steps": max((r["metrics"].get("env_steps", 0) for r in members), default=0)})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no runs"
+
+    def fmt(mean: float | None, std: float | None, digits: int) -> str:
+        return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    table = [("env", "algo", "runs", "final return", "normalised score")]
+    table += [(r["env"], r["algo"], str(r["runs"]), fmt(r["return_mean"], r["return_std"], 1),
+               fmt(r["score_mean"], r["score_std"], 2)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def learning_curves(runs: list[dict[str, Any]], uri: str = DEFAULT_URI,
+                    key: str = RETURN) -> dict[str, list[tuple[int, float]]]:
+    """run_id -> [(step, value)] of one metric."""
+    client = _client(uri)
+    return {r["run_id"]: [(m.step, m.value) for m in sorted(client.get_metric_history(r["run_id"], key),
+                                                            key=lambda m: (m.step, m.timestamp))]
+            for r in runs}
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs at the steps every run logged (runs evaluated on one schedule)."""
+    if not curves:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    common = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+    values = np.array([[dict(c)[s] for s in common] for c in curves], dtype=np.float64)
+    return np.array(common), values.mean(0), values.std(0)
+
+
+def plot_curves(runs: list[dict[str, Any]], uri: str = DEFAULT_URI, key: str = RETURN):
+    """One panel per env, one line (mean ± std over seeds) per algorithm. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    curves = learning_curves(runs, uri, key)
+    envs = sorted({r["env"] for r in runs})
+    fig, axes = plt.subplots(1, max(len(envs), 1), figsize=(5 * max(len(envs), 1), 3.5), squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        by_algo: dict[str, list] = defaultdict(list)
+        for r in runs:
+            if r["env"] == env_id and curves[r["run_id"]]:
+                by_algo[r["algo"]].append(curves[r["run_id"]])
+        for algo, group in sorted(by_algo.items()):
+            steps, mean, std = mean_curve(group)
+            ax.plot(steps, mean, label=f"{algo} ({len(group)})")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(env_id)
+        ax.set_xlabel("step (env steps; updates for offline methods)")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def has_runs(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> bool:
+    try:
+        return bool(load_runs(uri, experiment))
+    except TrackingError:
+        return False
+
+
+def example_store(directory: str, algos: tuple[str, ...] = ("bc",), seeds: tuple[int, ...] = (0, 1),
+                  env_id: str = "toy:reach", preset: str = "smoke") -> str:
+    """A small MLflow store to compare in (scripted toy:reach demos with actions, one short run per
+    algorithm and seed), for when there is nothing trained yet. Returns its tracking URI."""
+    from pathlib import Path
+
+    from vmil.config import resolve
+    from vmil.demos import record
+    from vmil.registry import algo_module
+    from vmil.runner import build_run
+
+    root = Path(directory).resolve()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    demos = root / "demos"
+    for algo in algos:
+        for seed in seeds:
+            cfg = resolve(algo, algo_module(algo).Config, env_id, preset, [f"seed={seed}", "train.video=false"])
+            if not demos.exists():
+                record(env_id, "scripted", 4, demos, keep_actions=True, image_size=cfg.env.image_size,
+                       action_repeat=cfg.env.action_repeat, quiet=True)
+            runner = build_run(cfg, demos, root / "runs" / f"{algo}-s{seed}", uri, quiet=True)
+            try:
+                runner.run()
+            finally:
+                runner.close()
+    return uri

@@ -1,0 +1,67 @@
+"""Recording expert demonstrations (``vmil demos record``) and summarising them (``vmil demos inspect``).
+
+Demos are observation-only by default (the setting of imitation from observation); actions are
+kept only when asked (BC, BCO and PatchAIL+BC need them).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class DemosError(ValueError):
+    """A demo recording request is wrong (e.g. the output directory already holds episodes)."""
+
+
+def record(env_id: str, expert: str, episodes: int, out: str | Path, *, keep_actions: bool = False,
+           image_size: int = 64, action_repeat: int = 2, seed: int = 0, camera: str | int | None = None,
+           grayscale: bool = False, fast_render: bool = True, max_episode_steps: int = 0,
+           quiet: bool | None = None) -> Any:
+    """Roll out ``expert`` ("scripted", "mpc" or a SAC checkpoint path) for ``episodes`` episodes and
+    write one ``.npz`` per episode to ``out``. Returns the demos' :class:`DemoInfo`."""
+    from tqdm import tqdm
+
+    from vmil import envs
+    from vmil.data.episode import EpisodeBuilder, demo_info, episode_filename, save_episode
+    from vmil.experts import make_expert
+
+    if episodes < 1:
+        raise DemosError(f"--episodes must be >= 1, got {episodes}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DemosError(f"{out} is a file; --out must be a directory")
+    if out.is_dir() and any(out.glob("*.npz")):
+        raise DemosError(f"{out} already holds episodes; choose another --out or delete them first")
+    env = envs.make(env_id, image_size=image_size, action_repeat=action_repeat, seed=seed, camera=camera,
+                    fast_render=fast_render, grayscale=grayscale, max_episode_steps=max_episode_steps)
+    try:
+        policy = make_expert(expert, env)
+        source = expert if expert in ("scripted", "mpc") else f"sac:{Path(expert).name}"
+        builder = EpisodeBuilder(env.spec, meta={"source": f"expert:{source}", "seed": seed})
+        recorded = []
+        quiet = (not sys.stderr.isatty()) if quiet is None else quiet
+        with tqdm(total=episodes, desc=f"record {env_id}", unit="ep", disable=quiet) as bar:
+            for index in range(episodes):
+                ts = env.reset()
+                policy.reset()
+                builder.start(ts)
+                while not ts.last:
+                    action = policy.act(ts)
+                    ts = env.step(action)
+                    builder.add(action if keep_actions else None, ts)
+                ep = builder.finish()
+                save_episode(ep, out / episode_filename(index, ep.length))
+                recorded.append(ep)
+                bar.update(1)
+                bar.set_postfix(ret=f"{ep.ret:.1f}")
+    finally:
+        env.close()
+    return demo_info(recorded, out)
+
+
+def inspect(directory: str | Path) -> Any:
+    """The :class:`DemoInfo` of a demo directory (every file loaded and validated)."""
+    from vmil.data.episode import demo_info, load_episodes
+
+    return demo_info(load_episodes(directory), directory)

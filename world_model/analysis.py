@@ -1,0 +1,110 @@
+"""What the latent-rollout notebook calls: load a VMIL run (or train a smoke one), turn episodes into
+sequence batches, and plot discriminator rewards. The agent's own diagnostics
+(:meth:`imitation.vmil.VMILAgent.visualize`, ``imagine_strip``, ``reward_along``) draw the rest."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vmil.base import EnvSpec, SequenceBatch
+
+
+def train_smoke_run(out_dir: str | Path, env_id: str = "toy:reach", episodes: int = 3, preset: str = "smoke",
+                    overrides: tuple[str, ...] = ()) -> Path:
+    """Record observation-only scripted demos and train VMIL briefly; returns the run directory."""
+    from imitation import vmil
+    from vmil.config import resolve
+    from vmil.demos import record
+    from vmil.runner import build_run
+
+    out_dir = Path(out_dir)
+    cfg = resolve("vmil", vmil.Config, env_id, preset, list(overrides) + ["train.video=false"])
+    demos = out_dir / "demos"
+    if not any(demos.glob("*.npz")):
+        record(env_id, "scripted", episodes, demos, image_size=cfg.env.image_size,
+               action_repeat=cfg.env.action_repeat, max_episode_steps=cfg.env.max_episode_steps, quiet=True)
+    run_dir = out_dir / "run"
+    runner = build_run(cfg, demos, run_dir, tracking_uri=None, quiet=True)
+    runner.run()
+    runner.close()
+    return run_dir
+
+
+def load_vmil_run(run_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """The trained agent of a VMIL run directory with its config, env spec and demo directory:
+    ``{"agent", "config", "spec", "demos", "episodes"}`` (``episodes``: the agent's stored episodes)."""
+    from imitation import vmil
+    from vmil import envs
+    from vmil.checkpoint import load_checkpoint
+    from vmil.config import RunConfig, from_dict
+    from vmil.nn import resolve_device
+    from vmil.runner import checkpoint_path, demo_info_from_meta
+
+    run_dir = Path(run_dir)
+    payload = load_checkpoint(checkpoint_path(run_dir))
+    if payload["algo"] != "vmil":
+        raise ValueError(f"{run_dir} is a {payload['algo']} run; the latent-rollout views need a vmil run")
+    cfg: RunConfig = from_dict(RunConfig, payload["config"], agent_cls=vmil.Config)
+    env = envs.make(cfg.env.id, image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat,
+                    grayscale=cfg.env.grayscale, max_episode_steps=cfg.env.max_episode_steps, render=False)
+    spec = env.spec
+    env.close()
+    agent = vmil.build(cfg.agent, spec, resolve_device(device), demo_info_from_meta(payload["meta"]))
+    agent.load_state_dict(payload["agent"])
+    info = json.loads((run_dir / "run.json").read_text())
+    return {"agent": agent, "config": cfg, "spec": spec, "demos": Path(info["demos"]),
+            "episodes": run_dir / "episodes"}
+
+
+def episode_batch(directory: str | Path, spec: EnvSpec, index: int = 0, length: int = 0) -> SequenceBatch:
+    """Episode ``index`` (in file order; negative counts from the newest) of a directory as a
+    one-sequence :class:`SequenceBatch` (first ``length`` frames; 0: all), with actions aligned as
+    world models expect."""
+    from vmil.data.episode import episode_paths, load_episode
+
+    paths = episode_paths(directory)
+    if not paths:
+        raise FileNotFoundError(f"{directory}: no episodes (.npz) in this directory")
+    if not -len(paths) <= index < len(paths):
+        raise IndexError(f"{directory} holds {len(paths)} episodes; index {index} is out of range")
+    ep = load_episode(paths[index], spec, allow_env_mismatch=True)
+    T = ep.obs.shape[0] if length <= 0 else min(length, ep.obs.shape[0])
+    action = None
+    if ep.action is not None:  # action[t] led to obs[t]: none led to the first frame
+        action = np.concatenate([np.zeros((1,) + ep.action.shape[1:], np.float32), ep.action.astype(np.float32)])
+        action = torch.from_numpy(action[:T])[None]
+    reward = np.concatenate([[0.0], ep.reward]).astype(np.float32)[:T]
+    terminal = np.concatenate([[False], ep.terminal])[:T]
+    is_first = np.zeros(T, bool)
+    is_first[0] = True
+    state = None if ep.state is None else torch.from_numpy(ep.state[:T].astype(np.float32))[None]
+    return SequenceBatch(torch.from_numpy(ep.obs[:T])[None], action, torch.from_numpy(reward)[None],
+                         torch.from_numpy(is_first)[None], torch.from_numpy(terminal)[None], state)
+
+
+def episodes_batch(directory: str | Path, spec: EnvSpec, indices: list[int], length: int) -> SequenceBatch:
+    """Several episodes' first ``length`` frames as one batch (see :func:`episode_batch`)."""
+    batches = [episode_batch(directory, spec, i, length) for i in indices]
+    if len({b.obs.shape[1] for b in batches}) != 1:
+        raise ValueError(f"{directory}: episodes shorter than {length} frames; pass a smaller length")
+    cat = lambda xs: None if any(x is None for x in xs) else torch.cat(xs)  # noqa: E731
+    return SequenceBatch(*(cat(list(parts)) for parts in zip(*batches)))
+
+
+def reward_figure(rewards: dict[str, np.ndarray], title: str = "discriminator reward along trajectories"):
+    """A matplotlib figure with one line per named reward sequence ([T] or [1, T])."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for name, r in rewards.items():
+        ax.plot(np.asarray(r).reshape(-1), label=name)
+    ax.set_xlabel("transition t -> t+1")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

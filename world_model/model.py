@@ -1,0 +1,134 @@
+"""The world model: encoder -> RSSM -> decoders, its loss (image log-likelihood + KL with free nats,
+optional KL balancing, optional proprioception; no reward head) and open-loop prediction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vmil.config import ConfigError, doc
+from world_model.networks import ConvDecoder, ConvEncoder, ProprioEncoder, mlp, postprocess_image, preprocess_image
+from world_model.rssm import RSSM, State, kl_loss
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    deter: int = doc(200, "GRU (deterministic) state size.")
+    stoch: int = doc(30, "Gaussian stochastic state size.")
+    hidden: int = doc(200, "Hidden units inside the RSSM.")
+    depth: int = doc(32, "Conv encoder/decoder width multiplier (32: 1024-d embedding at 64x64).")
+    min_std: float = doc(0.1, "Lower bound on prior/posterior standard deviations.")
+    free_nats: float = doc(3.0, "KL below this many nats (batch mean) is not penalised.")
+    kl_scale: float = doc(1.0, "Weight of the KL term.")
+    kl_balance: float = doc(0.0, "KL balancing (Dreamer V2): share of the KL gradient that trains the prior, "
+                                 "in (0, 1), e.g. 0.8; 0 disables it (plain KL, as in the paper).")
+    image_scale: float = doc(1.0, "Weight of the image log-likelihood.")
+    proprio: bool = doc(False, "Also encode and reconstruct the proprioceptive state (Baoding balls).")
+    proprio_embed: int = doc(64, "Proprioception embedding size (concatenated to the image embedding).")
+    proprio_units: int = doc(200, "Hidden units of the proprioception encoder/decoder.")
+    proprio_scale: float = doc(1.0, "Weight of the proprioception log-likelihood.")
+    lr: float = doc(6e-4, "World model learning rate (Adam).")
+    eps: float = doc(1e-5, "Adam epsilon of the world model optimiser.")
+
+    def __post_init__(self) -> None:
+        for name in ("deter", "stoch", "hidden", "depth", "proprio_embed", "proprio_units"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"agent.model.{name} must be positive, got {getattr(self, name)}")
+        if self.min_std <= 0:
+            raise ConfigError(f"agent.model.min_std must be positive, got {self.min_std}")
+        if self.free_nats < 0:
+            raise ConfigError(f"agent.model.free_nats must be >= 0, got {self.free_nats}")
+        if not 0.0 <= self.kl_balance < 1.0:
+            raise ConfigError(f"agent.model.kl_balance must be in [0, 1) (0 disables it), got {self.kl_balance}")
+        if self.lr <= 0:
+            raise ConfigError(f"agent.model.lr must be positive, got {self.lr}")
+
+
+class WorldModel(nn.Module):
+    def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, state_dim: int = 0, *,
+                 deter: int = 200, stoch: int = 30, hidden: int = 200, depth: int = 32, min_std: float = 0.1,
+                 proprio: bool = False, proprio_embed: int = 64, proprio_units: int = 200):
+        super().__init__()
+        C, H, W = obs_shape
+        if H != W:
+            raise ValueError(f"the world model needs square images, got {H}x{W}; set env.image_size")
+        if proprio and state_dim <= 0:
+            raise ValueError("model.proprio=true but the env has no proprioceptive state; set model.proprio=false")
+        self.obs_shape, self.action_dim = (C, H, W), action_dim
+        self.state_dim = state_dim if proprio else 0
+        self.encoder = ConvEncoder(C, H, depth)
+        embed_dim = self.encoder.out_dim
+        self.proprio_encoder = self.proprio_decoder = None
+        if proprio:
+            self.proprio_encoder = ProprioEncoder(state_dim, proprio_embed, proprio_units, 2)
+            embed_dim += proprio_embed
+        self.embed_dim = embed_dim
+        self.rssm = RSSM(action_dim, embed_dim, stoch, deter, hidden, min_std)
+        self.decoder = ConvDecoder(self.rssm.feat_dim, C, H, depth)
+        if proprio:
+            self.proprio_decoder = mlp(self.rssm.feat_dim, state_dim, proprio_units, 2)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, obs_shape: tuple[int, int, int], action_dim: int,
+                    state_dim: int = 0) -> "WorldModel":
+        return cls(obs_shape, action_dim, state_dim, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.hidden,
+                   depth=cfg.depth, min_std=cfg.min_std, proprio=cfg.proprio, proprio_embed=cfg.proprio_embed,
+                   proprio_units=cfg.proprio_units)
+
+    @property
+    def feat_dim(self) -> int:
+        return self.rssm.feat_dim
+
+    def encode(self, image: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """Preprocessed images [..., C, H, W] (and states [..., S]) -> embeddings [..., E]."""
+        embed = self.encoder(image)
+        if self.proprio_encoder is not None:
+            if proprio is None:
+                raise ValueError("this world model encodes proprioception (model.proprio=true) but the batch "
+                                 "has no state; record demos/episodes with states or set model.proprio=false")
+            embed = torch.cat([embed, self.proprio_encoder(proprio)], -1)
+        return embed
+
+    def losses(self, image: torch.Tensor, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+               proprio: torch.Tensor | None = None, *, free_nats: float, kl_balance: float = 0.0,
+               kl_mask: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], State, State, dict[str, float]]:
+        """Named negative log-likelihood / KL terms for a batch of sequences, the posterior and prior
+        states, and float metrics. ``image`` [B, T, C, H, W] preprocessed, ``embed`` from
+        :meth:`encode`, ``action`` [B, T, A] in [-1, 1], ``is_first`` [B, T]."""
+        post, prior = self.rssm.observe(embed, action, is_first)
+        feat = self.rssm.feat(post)
+        recon = self.decoder(feat)
+        # Unit-variance Gaussian NLL per frame, without its constant. Both tensors are laid out
+        # channels-last, so moving C last gives a contiguous view and a flat, fast reduction.
+        err = (recon.float() - image).movedim(-3, -1)
+        image_nll = 0.5 * err.reshape(*err.shape[:-3], -1).pow(2).sum(-1).mean()
+        kl, kl_value = kl_loss(post, prior, free_nats, kl_balance, kl_mask)
+        losses = {"image": image_nll, "kl": kl}
+        if self.proprio_decoder is not None:
+            losses["proprio"] = 0.5 * (self.proprio_decoder(feat) - proprio).pow(2).sum(-1).mean()
+        metrics = {"kl_value": kl_value.detach(), "image_mse": err.detach().pow(2).mean(),
+                   "prior_std": prior.std.detach().mean(), "post_std": post.std.detach().mean()}
+        return losses, post, prior, metrics
+
+    @torch.no_grad()
+    def open_loop(self, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor, context: int,
+                  proprio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition on the first ``context`` frames, then predict the rest from the recorded actions
+        alone (prior means). Returns (truth, prediction) as uint8 [B, T, C, H, W]; the first
+        ``context`` predicted frames are reconstructions."""
+        T = obs.shape[1]
+        if not 0 < context < T:
+            raise ValueError(f"open-loop context must be in [1, {T - 1}] for sequences of {T} frames, got {context}")
+        image = preprocess_image(obs)
+        embed = self.encode(image[:, :context], None if proprio is None else proprio[:, :context])
+        post, _ = self.rssm.observe(embed, action[:, :context], is_first[:, :context], sample=False)
+        last = post.map(lambda x: x[:, -1])
+        prior = self.rssm.imagine_actions(action[:, context:], last, sample=False)
+        feat = torch.cat([self.rssm.feat(post), self.rssm.feat(prior)], 1)
+        return obs, postprocess_image(self.decoder(feat))
+
+    @torch.no_grad()
+    def decode_states(self, state: State) -> torch.Tensor:
+        """Decoded frames (uint8 [..., C, H, W]) of latent states [..., ...]."""
+        return postprocess_image(self.decoder(self.rssm.feat(state)))

@@ -1,0 +1,143 @@
+"""Networks of the world model family: conv image encoder/decoder (Dreamer V1 / PlaNet layout),
+dense MLPs, proprioception encoder/decoder and an inverse-dynamics model on embeddings.
+
+Convolutions run in channels_last memory format: on CPU (oneDNN) this is about twice as fast as
+NCHW for these 4x4/stride-2 convolutions, and on GPU it is what cuDNN prefers for bf16.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Image sizes the conv stacks below are laid out for (encoder output side, decoder kernels).
+SUPPORTED_SIZES = (64,)
+
+
+def mlp(in_dim: int, out_dim: int, units: int, layers: int, act: type[nn.Module] = nn.ELU) -> nn.Sequential:
+    """``layers`` hidden layers of ``units`` with ``act``, then a linear output of ``out_dim``."""
+    if layers < 0 or units <= 0:
+        raise ValueError(f"mlp needs layers >= 0 and units > 0, got layers={layers}, units={units}")
+    mods: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(dim, units), act()]
+        dim = units
+    mods.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*mods)
+
+
+def preprocess_image(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., C, H, W] in [0, 255] -> float in [-0.5, 0.5] (Dreamer's convention), laid out
+    channels-last in memory (strides of [..., H, W, C]) so that the convs read it without a copy and
+    the reconstruction loss compares tensors of the same layout (mixed layouts are ~10x slower)."""
+    if obs.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 [..., C, H, W], got dtype {obs.dtype}")
+    nd = obs.dim()
+    to_last = (*range(nd - 3), nd - 2, nd - 1, nd - 3)
+    to_first = (*range(nd - 3), nd - 1, nd - 3, nd - 2)
+    hwc = obs.permute(*to_last).contiguous()  # the uint8 copy is 4x cheaper than a float one
+    return hwc.float().div_(255.0).sub_(0.5).permute(*to_first)
+
+
+def postprocess_image(image: torch.Tensor) -> torch.Tensor:
+    """Float [-0.5, 0.5] -> uint8 [0, 255] (clipped), e.g. for decoded frames."""
+    return ((image.detach().float() + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+class ConvEncoder(nn.Module):
+    """64x64 images -> flat embedding: four 4x4 stride-2 convs with widths depth*(1, 2, 4, 8)
+    (at depth 32: 256 channels at 2x2, a 1024-d embedding)."""
+
+    def __init__(self, channels: int, image_size: int = 64, depth: int = 32, act: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        if image_size not in SUPPORTED_SIZES:
+            raise ValueError(f"ConvEncoder supports image sizes {SUPPORTED_SIZES}, got {image_size}; "
+                             "use env.image_size=64")
+        if depth <= 0 or channels <= 0:
+            raise ValueError(f"ConvEncoder needs depth > 0 and channels > 0, got depth={depth}, channels={channels}")
+        self.channels, self.image_size = channels, image_size
+        widths = (depth, 2 * depth, 4 * depth, 8 * depth)
+        mods: list[nn.Module] = []
+        prev = channels
+        for w in widths:
+            mods += [nn.Conv2d(prev, w, 4, stride=2), act(inplace=True)]
+            prev = w
+        self.net = nn.Sequential(*mods)
+        self.out_dim = 8 * depth * 2 * 2
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """float [..., C, H, W] (preprocessed) -> [..., out_dim]."""
+        lead = image.shape[:-3]
+        if image.shape[-3:] != (self.channels, self.image_size, self.image_size):
+            raise ValueError(f"ConvEncoder expects images [..., {self.channels}, {self.image_size}, "
+                             f"{self.image_size}], got {tuple(image.shape)}")
+        x = image.reshape(-1, *image.shape[-3:]).contiguous(memory_format=torch.channels_last)
+        return self.net(x).reshape(*lead, self.out_dim)
+
+
+class ConvDecoder(nn.Module):
+    """Latent features -> mean image (unit-variance Gaussian likelihood), the mirror of
+    :class:`ConvEncoder`: dense to 32*depth at 1x1, then transposed convs 5, 5, 6, 6 (stride 2).
+
+    The first transposed conv reads a 1x1 input, so it is a dense layer to 5x5 outputs and runs as
+    one (with a bias per output position): a matmul is ~5x faster on CPU than this degenerate
+    transposed conv."""
+
+    def __init__(self, feat_dim: int, channels: int, image_size: int = 64, depth: int = 32,
+                 act: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        if image_size not in SUPPORTED_SIZES:
+            raise ValueError(f"ConvDecoder supports image sizes {SUPPORTED_SIZES}, got {image_size}; "
+                             "use env.image_size=64")
+        self.channels, self.image_size, self.depth = channels, image_size, depth
+        self.fc = nn.Linear(feat_dim, 32 * depth)
+        self.first = nn.Linear(32 * depth, 4 * depth * 5 * 5)  # = ConvTranspose2d(32d, 4d, 5, stride 2) on 1x1
+        self.first_act = act(inplace=True)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(4 * depth, 2 * depth, 5, stride=2), act(inplace=True),
+            nn.ConvTranspose2d(2 * depth, depth, 6, stride=2), act(inplace=True),
+            nn.ConvTranspose2d(depth, channels, 6, stride=2),
+        )
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """[..., feat_dim] -> mean image [..., C, H, W] in the preprocessed range."""
+        lead = feat.shape[:-1]
+        x = self.first_act(self.first(self.fc(feat.reshape(-1, feat.shape[-1]))))
+        # [N, 5*5*4d] laid out (y, x, channel) is already a channels_last [N, 4d, 5, 5] tensor.
+        x = x.reshape(-1, 5, 5, 4 * self.depth).permute(0, 3, 1, 2)
+        x = self.net(x)
+        return x.reshape(*lead, self.channels, self.image_size, self.image_size)
+
+
+class ProprioEncoder(nn.Module):
+    """Proprioceptive state -> a small embedding that is concatenated to the image embedding."""
+
+    def __init__(self, state_dim: int, out_dim: int, units: int, layers: int):
+        super().__init__()
+        self.state_dim, self.out_dim = state_dim, out_dim
+        self.net = mlp(state_dim, out_dim, units, layers)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        if state.shape[-1] != self.state_dim:
+            raise ValueError(f"ProprioEncoder expects states [..., {self.state_dim}], got {tuple(state.shape)}")
+        return self.net(state)
+
+
+class InverseDynamics(nn.Module):
+    """(embedding_t, embedding_t+1) -> the action taken at t, squashed to [-1, 1].
+
+    Embeddings come straight from the encoder and do not depend on actions, so a model trained on
+    the agent's own transitions can label observation-only expert transitions."""
+
+    def __init__(self, embed_dim: int, action_dim: int, units: int, layers: int):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.net = mlp(2 * embed_dim, action_dim, units, layers)
+
+    def forward(self, embed: torch.Tensor, next_embed: torch.Tensor) -> torch.Tensor:
+        if embed.shape != next_embed.shape or embed.shape[-1] != self.embed_dim:
+            raise ValueError(f"InverseDynamics expects two [..., {self.embed_dim}] embeddings, got "
+                             f"{tuple(embed.shape)} and {tuple(next_embed.shape)}")
+        return torch.tanh(self.net(torch.cat([embed, next_embed], -1)))
