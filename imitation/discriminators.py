@@ -290,8 +290,10 @@ def discriminator_loss(disc: nn.Module, expert_x: torch.Tensor, agent_x: torch.T
 def bench_discriminator(batch: int = 256, *, image_size: int = 84, in_channels: int = 18, kernel_size: int = 4,
                         repeats: int = 2, gp_weight: float = 10.0, device: str = "cpu") -> dict[str, float]:
     """ms per discriminator step (one forward of expert + agent, BCE, per-sample GP, backward) at
-    ``batch`` expert + ``batch`` agent samples: this module's channels_last + transposed-conv GP,
-    against NCHW with autograd's double backward (the public code's way), measured in one run."""
+    ``batch`` expert + ``batch`` agent samples, three ways measured interleaved in one run: this
+    module (channels_last, transposed-conv GP), channels_last with autograd's double backward,
+    and NCHW with double backward (the public code's way). Best of ``repeats`` after a warm-up;
+    ``cpu_ms_*`` is process CPU time (less sensitive than wall time to a busy machine)."""
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
     expert = torch.rand(batch, in_channels, image_size, image_size, generator=gen).to(dev)
@@ -300,18 +302,6 @@ def bench_discriminator(batch: int = 256, *, image_size: int = 84, in_channels: 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-
-    def time_step(disc: nn.Module, loss_fn) -> float:
-        times = []
-        for i in range(repeats + 1):
-            sync()
-            t0 = time.perf_counter()
-            disc.zero_grad(set_to_none=True)
-            loss_fn(disc).backward()
-            sync()
-            if i > 0:  # the first step warms up oneDNN's kernels
-                times.append(time.perf_counter() - t0)
-        return 1000 * min(times)
 
     def ours(disc: nn.Module) -> torch.Tensor:
         return discriminator_loss(disc, expert, agent, gp_weight)[0]
@@ -326,16 +316,31 @@ def bench_discriminator(batch: int = 256, *, image_size: int = 84, in_channels: 
 
     fast = PatchDiscriminator(in_channels, kernel_size).to(dev)
     nchw = PatchDiscriminator(in_channels, kernel_size).to(dev, memory_format=torch.contiguous_format)
-    result = {"batch": float(batch), "ms_fast": time_step(fast, ours), "ms_channels_last_autograd_gp":
-              time_step(fast, autograd_gp), "ms_nchw_autograd_gp": time_step(nchw, autograd_gp)}
-    # Forward FLOPs of one sample (2 per MAC), for achieved GFLOP/s.
-    p_h, p_w = fast.output_shape(image_size, image_size)
+    variants = {"fast": (fast, ours), "channels_last_autograd_gp": (fast, autograd_gp),
+                "nchw_autograd_gp": (nchw, autograd_gp)}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for i in range(repeats + 1):
+        for name, (disc, loss_fn) in variants.items():
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            disc.zero_grad(set_to_none=True)
+            loss_fn(disc).backward()
+            sync()
+            if i > 0:  # the first round warms up oneDNN's kernels
+                wall[name].append(1000 * (time.perf_counter() - t0))
+                cpu[name].append(1000 * (time.process_time() - c0))
+    result: dict[str, float] = {"batch": float(batch), "threads": float(torch.get_num_threads())}
+    for name in variants:
+        result[f"ms_{name}"] = round(min(wall[name]), 1)
+        result[f"cpu_ms_{name}"] = round(min(cpu[name]), 1)
     flops, h = 0.0, (image_size, image_size)
-    for conv in fast.convs:
+    for conv in fast.convs:  # forward FLOPs of one sample, 2 per multiply-add
         k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         h = ((h[0] + 2 * p - k) // s + 1, (h[1] + 2 * p - k) // s + 1)
         flops += 2 * h[0] * h[1] * conv.in_channels * conv.out_channels * k * k
-    result["patches"] = float(p_h * p_w)
-    result["gflop_forward_per_sample"] = flops / 1e9
-    result["speedup_vs_nchw_autograd"] = result["ms_nchw_autograd_gp"] / result["ms_fast"]
+    result["patches"] = float(h[0] * h[1])
+    result["gflop_forward_per_sample"] = round(flops / 1e9, 4)
+    result["speedup_vs_nchw_autograd"] = round(result["ms_nchw_autograd_gp"] / result["ms_fast"], 2)
+    result["speedup_vs_channels_last_autograd"] = round(result["ms_channels_last_autograd_gp"] / result["ms_fast"], 2)
     return result

@@ -27,6 +27,11 @@ class DiscriminatorConfig:
         "auto", "Discriminator input: auto = (z, a, z') when the demos have actions, else (z, z'); "
                 "zaz = (z, a, z'); za = (z, a); zz = (z, z'). With za/zaz on observation-only demos the "
                 "expert's actions come from the inverse-dynamics model.")
+    features: Literal["auto", "full", "stoch"] = doc(
+        "auto", "Latent features the discriminator reads: full = (stoch, deter); stoch = the stochastic state "
+                "only; auto = full when the demos have actions, else stoch. The GRU state h_t+1 is a function of "
+                "a_t, so with full features a (z, z') discriminator would still see the actions -- inferred ones "
+                "on the expert side -- and could tell expert from agent by them instead of by the states.")
     units: int = doc(400, "Hidden units.")
     layers: int = doc(3, "Hidden layers.")
     lr: float = doc(8e-5, "Learning rate (Adam).")
@@ -100,6 +105,50 @@ def bce_losses(logit_expert: torch.Tensor, logit_agent: torch.Tensor,
         expert = expert.mean()
     agent = F.binary_cross_entropy_with_logits(logit_agent, torch.zeros_like(logit_agent))
     return {"expert": expert, "agent": agent}
+
+
+def sequence_transitions(feat: torch.Tensor, action: torch.Tensor | None, is_first: torch.Tensor,
+                         inputs: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discriminator inputs of the T-1 transitions of sequences (feat [B, T, F], action [B, T, A]
+    aligned as in :class:`vmil.base.SequenceBatch`: ``action[:, t+1]`` led from t to t+1) and their
+    weights [B*(T-1)] (0 for a step into an episode start, which is no transition)."""
+    B, T, F_ = feat.shape
+    a = None if action is None else action[:, 1:].reshape(B * (T - 1), -1)
+    x = disc_input(feat[:, :-1].reshape(-1, F_), a, feat[:, 1:].reshape(-1, F_), inputs)
+    return x, (~is_first[:, 1:]).reshape(-1).float()
+
+
+def imagined_transitions(feats: torch.Tensor, actions: torch.Tensor, inputs: str,
+                         index: torch.Tensor | None = None) -> torch.Tensor:
+    """Discriminator inputs of imagined transitions (feats [H+1, N, F], actions [H, N, A]), all H*N
+    of them or those at ``index`` into the flattened [H*N]."""
+    F_, A = feats.shape[-1], actions.shape[-1]
+    z, a, z_next = feats[:-1].reshape(-1, F_), actions.reshape(-1, A), feats[1:].reshape(-1, F_)
+    if index is not None:
+        z, a, z_next = z[index], a[index], z_next[index]
+    return disc_input(z, a, z_next, inputs)
+
+
+def discriminator_losses(disc: nn.Module, x_expert: torch.Tensor, x_agent: torch.Tensor,
+                         weight_expert: torch.Tensor | None, penalty: str, penalty_coef: float, noise_std: float = 0.0
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, float], torch.Tensor, torch.Tensor]:
+    """Named losses and their weights (BCE on each side, gradient penalty) on inputs with Gaussian
+    noise of ``noise_std``, and the logits. The penalty runs in fp32 outside any autocast."""
+    if noise_std > 0:
+        x_expert = x_expert + noise_std * torch.randn_like(x_expert)
+        x_agent = x_agent + noise_std * torch.randn_like(x_agent)
+    logit_e, logit_a = disc(x_expert).float(), disc(x_agent).float()
+    losses = bce_losses(logit_e, logit_a, weight_expert)
+    weights = {"expert": 1.0, "agent": 1.0}
+    k = min(x_expert.shape[0], x_agent.shape[0])
+    if penalty != "none":
+        fn = {"input": input_gradient_penalty, "params": param_gradient_penalty}.get(penalty)
+        if fn is None:
+            raise ValueError(f"gradient penalty must be input, params or none, got {penalty!r}")
+        with torch.autocast(x_expert.device.type, enabled=False):
+            losses["penalty"] = fn(disc, x_expert[:k].float(), x_agent[:k].float())
+        weights["penalty"] = penalty_coef
+    return losses, weights, logit_e, logit_a
 
 
 def _mix(expert_x: torch.Tensor, agent_x: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:

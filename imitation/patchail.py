@@ -11,7 +11,8 @@ DrQ-v2 learner (``vmil.rl.drqv2``). One ``Config.variant`` picks the agent (each
 - ``shared-enc-ail``: scalar discriminator MLP on the critic encoder's features, detached so the
   discriminator never trains the encoder (Cohen et al. 2021).
 - ``ind-enc-ail``: scalar discriminator with its own conv encoder.
-- ``sqil``: SQIL with DrQ-v2: expert transitions get reward 1, agent transitions 0 (needs actions).
+- ``sqil``: SQIL with DrQ-v2: expert transitions get reward 1, agent transitions 0 (needs actions);
+  each batch of batch_size transitions holds expert_batch_size expert ones (half by default).
 
 Choices (stated because the public code differs):
 - Rewards are computed with the current discriminator for every sampled batch, after its update,
@@ -106,7 +107,13 @@ class ImitationAgent:
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device):
         self.cfg, self.spec, self.device = cfg, spec, device
         self.expert_batch_size = cfg.expert_batch_size or cfg.batch_size // 2
-        if cfg.variant != "sqil" and self.expert_batch_size > cfg.batch_size:
+        agent_batch = cfg.batch_size
+        if cfg.variant == "sqil":  # SQIL's balanced batches: batch_size transitions, expert_batch_size of them expert
+            agent_batch = cfg.batch_size - self.expert_batch_size
+            if agent_batch < 1:
+                raise ValueError(f"sqil: expert_batch_size {self.expert_batch_size} leaves no agent transitions in "
+                                 f"batch_size {cfg.batch_size}; use expert_batch_size < batch_size (0: half)")
+        elif self.expert_batch_size > cfg.batch_size:
             raise ValueError(f"expert_batch_size {self.expert_batch_size} > batch_size {cfg.batch_size}: the "
                              "discriminator pairs each expert sample with one agent sample")
         if cfg.nstep > 1 and not 0 < cfg.discount < 1:
@@ -115,7 +122,7 @@ class ImitationAgent:
         if cfg.variant != "sqil" and cfg.nstep > cfg.frame_stack:
             raise ValueError(f"nstep={cfg.nstep} > frame_stack={cfg.frame_stack}: per-batch imitation rewards "
                              "rebuild the intermediate frame stacks from the stacks at t and t+n; use nstep <= frame_stack")
-        self.rl = DrQV2(cfg, spec, device, expert_batch_size=self.expert_batch_size)
+        self.rl = DrQV2(cfg, spec, device, expert_batch_size=self.expert_batch_size, batch_size=agent_batch)
         self.request = self.rl.request
         k_c = self.rl.obs_shape[0] * (2 if cfg.disc_pair else 1)
         self.disc: torch.nn.Module | None = None
@@ -188,12 +195,13 @@ class ImitationAgent:
 
     # -- discriminator inputs ----------------------------------------------------------------------
     def pair(self, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
-        """uint8 stacks -> the discriminator's image input, float [0, 255]: (s, s') on channels or s."""
-        x = torch.cat([s, s_next], dim=1) if self.cfg.disc_pair else s
-        return self.rl.to_float(x)
+        """uint8 stacks -> the discriminator's input frames, uint8: (s, s') on channels, or s."""
+        return torch.cat([s, s_next], dim=1) if self.cfg.disc_pair else s
 
     def disc_image(self, x: torch.Tensor, augment: bool) -> torch.Tensor:
-        """float [0, 255] -> the range the image discriminators expect, optionally shifted."""
+        """uint8 frames -> float [0, 1] for the image discriminators, optionally shifted (one shift
+        per sample, so s and s' move together)."""
+        x = x.to(self.device)
         if augment and self.cfg.disc_augment and self.cfg.augment_pad > 0:
             x = self.rl.augment(x)
         return D.normalize_image(x).contiguous(memory_format=self.rl.memory_format)

@@ -12,6 +12,7 @@ receptive fields cover it. For the default discriminator (kernel 4) rf = 22, S =
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -203,30 +204,38 @@ def transition_inputs(obs: np.ndarray, frame_stack: int, pair: bool) -> torch.Te
     return normalize_image(x)
 
 
-def patch_reward_cli(run_dir: str | Path, demos_dir: str | Path, out: str | Path, *, device: str = "cpu",
-                     expert_episode: int = 0, agent_episode: int = -1, png_frames: int = 4,
-                     max_steps: int = 0, fps: int = 15, transform_kind: TransformKind = "logit") -> Path:
-    """``vmil viz patch-rewards``: patch-reward maps of a PatchAIL run's discriminator on a demo
-    episode (top) and one of the run's own saved episodes (bottom; default the latest). ``.png``:
-    ``png_frames`` evenly spaced steps; ``.mp4``: every step (up to ``max_steps`` if > 0). Each
-    map shows the transition (s_t, s_{t+1}) on the frame at t+1, the newest one the
-    discriminator sees; one colour scale for the whole output."""
+@dataclass
+class PatchRun:
+    """A PatchAIL run loaded for visualisation: its discriminator and how it reads frames."""
+
+    algo: str
+    disc: PatchDiscriminator
+    frame_stack: int
+    pair: bool  # (s, s') on channels, else s alone
+    obs_shape: tuple[int, int, int]
+    run_dir: Path
+
+    def values(self, obs: np.ndarray, transform_kind: TransformKind = "logit",
+               times: np.ndarray | None = None) -> np.ndarray:
+        """Patch rewards h(D) [T, P, P] of an episode's transitions (``times`` selects some)."""
+        x = transition_inputs(obs, self.frame_stack, self.pair)
+        return patch_values(self.disc, x if times is None else x[torch.as_tensor(times)], transform_kind).numpy()
+
+
+def load_patch_run(run_dir: str | Path, device: str = "cpu") -> PatchRun:
+    """The last checkpoint of a PatchAIL-family run (``vmil.checkpoint``, weights only), rebuilt
+    through the registry with the run's own config."""
+    from vmil import envs
     from vmil.checkpoint import load_checkpoint
     from vmil.config import RunConfig, from_dict
-    from vmil.data.episode import EpisodeError, episode_paths, load_episode
     from vmil.nn import resolve_device
     from vmil.registry import algo_module
-    from vmil.runner import EPISODE_DIR, checkpoint_path
+    from vmil.runner import checkpoint_path
 
-    out = Path(out)
-    if out.suffix.lower() not in (".png", ".mp4"):
-        raise ValueError(f"--out {out}: give a .png (a few frames) or .mp4 (every step) file name")
     run_dir = Path(run_dir)
     payload = load_checkpoint(checkpoint_path(run_dir))
     module = algo_module(payload["algo"])
     cfg: RunConfig = from_dict(RunConfig, payload["config"], agent_cls=module.Config)
-    from vmil import envs
-
     env = envs.make(cfg.env.id, image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat, seed=cfg.seed,
                     camera=cfg.env.camera or None, fast_render=cfg.env.fast_render, grayscale=cfg.env.grayscale,
                     max_episode_steps=cfg.env.max_episode_steps, render=False)
@@ -238,40 +247,86 @@ def patch_reward_cli(run_dir: str | Path, demos_dir: str | Path, out: str | Path
     if not isinstance(disc, PatchDiscriminator):
         raise ValueError(f"{run_dir}: a '{payload['algo']}' run has no patch discriminator; patch-reward maps "
                          "need a patchail, patchail-w, patchail-b or patchail-bc run")
-    frame_stack = agent.request.frame_stack
-    pair = bool(getattr(agent.cfg, "disc_pair", True))
+    return PatchRun(payload["algo"], disc, agent.request.frame_stack, bool(getattr(agent.cfg, "disc_pair", True)),
+                    tuple(spec.obs_shape), run_dir)
 
-    def pick(directory: Path, index: int, what: str) -> np.ndarray:
-        paths = episode_paths(directory)
-        if not -len(paths) <= index < len(paths):
-            raise EpisodeError(f"{directory}: {what} episode {index} does not exist ({len(paths)} episodes)")
-        ep = load_episode(paths[index])
-        if tuple(ep.obs.shape[1:]) != tuple(spec.obs_shape):
-            raise EpisodeError(f"{paths[index]}: frames {tuple(ep.obs.shape[1:])} but the run's env gives "
-                               f"{tuple(spec.obs_shape)}; use demos of the run's env and image size")
-        if ep.obs.shape[0] < 2:
-            raise EpisodeError(f"{paths[index]}: a single frame has no transition to score")
-        return ep.obs
 
-    expert_obs = pick(Path(demos_dir), expert_episode, "demo")
-    agent_obs = pick(run_dir / EPISODE_DIR, agent_episode, "agent")
+def load_frames(directory: str | Path, index: int, obs_shape: Sequence[int], what: str) -> np.ndarray:
+    """Frames uint8 [T+1, C, H, W] of episode ``index`` (Python indexing, sorted by name) of a
+    directory, checked against the run's frame shape."""
+    from vmil.data.episode import EpisodeError, episode_paths, load_episode
+
+    directory = Path(directory)
+    paths = episode_paths(directory)
+    if not -len(paths) <= index < len(paths):
+        raise EpisodeError(f"{directory}: {what} episode {index} does not exist ({len(paths)} episodes)")
+    ep = load_episode(paths[index])
+    if tuple(ep.obs.shape[1:]) != tuple(obs_shape):
+        raise EpisodeError(f"{paths[index]}: frames {tuple(ep.obs.shape[1:])} but the run's env gives "
+                           f"{tuple(obs_shape)}; use demos of the run's env and image size")
+    if ep.obs.shape[0] < 2:
+        raise EpisodeError(f"{paths[index]}: a single frame has no transition to score")
+    return ep.obs
+
+
+def comparison_frames(run: PatchRun, expert_obs: np.ndarray, agent_obs: np.ndarray, times: Sequence[int],
+                      transform_kind: TransformKind = "logit") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Expert and agent maps at ``times`` (transition t drawn on frame t+1, the newest the
+    discriminator sees), on one colour scale."""
+    times = np.asarray(times, dtype=int)
+    values = {"expert": run.values(expert_obs, transform_kind, times),
+              "agent": run.values(agent_obs, transform_kind, times)}
+    geometry = run.disc.geometry()
+    height, width = run.obs_shape[1:]
+    vmax = max(float(np.abs(patch_value_map(v, height, width, geometry)).max()) for v in values.values())
+    return (maps_for_frames([expert_obs[t + 1] for t in times], values["expert"], geometry, vmax),
+            maps_for_frames([agent_obs[t + 1] for t in times], values["agent"], geometry, vmax))
+
+
+def patch_reward_cli(run_dir: str | Path, demos_dir: str | Path, out: str | Path, *, device: str = "cpu",
+                     expert_episode: int = 0, agent_episode: int = -1, png_frames: int = 4,
+                     max_steps: int = 0, fps: int = 15, transform_kind: TransformKind = "logit") -> Path:
+    """``vmil viz patch-rewards``: patch-reward maps of a PatchAIL run's discriminator on a demo
+    episode (top row) and one of the run's saved episodes (bottom; default the latest).
+    ``.png``: ``png_frames`` evenly spaced steps; ``.mp4``: every step (up to ``max_steps`` if > 0)."""
+    from vmil.runner import EPISODE_DIR
+
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".mp4"):
+        raise ValueError(f"--out {out}: give a .png (a few frames) or .mp4 (every step) file name")
+    run = load_patch_run(run_dir, device)
+    expert_obs = load_frames(demos_dir, expert_episode, run.obs_shape, "demo")
+    agent_obs = load_frames(run.run_dir / EPISODE_DIR, agent_episode, run.obs_shape, "agent")
     steps = min(expert_obs.shape[0], agent_obs.shape[0]) - 1
     if max_steps > 0:
         steps = min(steps, max_steps)
-    times = (np.linspace(0, steps - 1, min(png_frames, steps)).round().astype(int) if out.suffix.lower() == ".png"
-             else np.arange(steps))
-    values = {}
-    for name, obs in (("expert", expert_obs), ("agent", agent_obs)):
-        x = transition_inputs(obs[:steps + 1], frame_stack, pair)[times]
-        values[name] = patch_values(disc, x, transform_kind).numpy()
-    geometry = disc.geometry()
-    height, width = spec.obs_shape[1:]
-    vmax = max(float(np.abs(patch_value_map(v, height, width, geometry)).max()) for v in values.values())
-    maps = {name: maps_for_frames([obs[t + 1] for t in times], values[name], geometry, vmax)
-            for name, obs in (("expert", expert_obs), ("agent", agent_obs))}
-    scale = max(1, 256 // spec.obs_shape[1])
-    if out.suffix.lower() == ".png":
-        return write_png(side_by_side(maps["expert"], maps["agent"], scale=scale), out)
-    frames = [side_by_side([e], [a], scale=scale) for e, a in zip(maps["expert"], maps["agent"])]
-    return write_video(frames, out, fps=fps)
+    video = out.suffix.lower() == ".mp4"
+    times = np.arange(steps) if video else np.linspace(0, steps - 1, min(png_frames, steps)).round().astype(int)
+    expert_maps, agent_maps = comparison_frames(run, expert_obs, agent_obs, times, transform_kind)
+    scale = max(1, 256 // run.obs_shape[1])
+    if not video:
+        return write_png(side_by_side(expert_maps, agent_maps, scale=scale), out)
+    return write_video([side_by_side([e], [a], scale=scale) for e, a in zip(expert_maps, agent_maps)], out, fps=fps)
 
+
+def example_run(directory: str | Path, algo: str = "patchail", env_id: str = "toy:reach",
+                preset: str = "smoke") -> tuple[Path, Path]:
+    """A tiny trained run to look at when none is given (notebooks, docs): scripted toy:reach
+    demos and a ``preset`` run of ``algo`` without tracking. Returns (run_dir, demos_dir)."""
+    from vmil.config import resolve
+    from vmil.demos import record
+    from vmil.registry import algo_module
+    from vmil.runner import build_run
+
+    root = Path(directory).resolve()
+    cfg = resolve(algo, algo_module(algo).Config, env_id, preset, ["train.video=false"])
+    demos = root / "demos"
+    record(env_id, "scripted", 2, demos, image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat,
+           quiet=True)
+    run_dir = root / "runs" / algo
+    runner = build_run(cfg, demos, run_dir, None, quiet=True)
+    try:
+        runner.run()
+    finally:
+        runner.close()
+    return run_dir, demos

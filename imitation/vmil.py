@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscriminator, bce_losses, disc_input,
-                                            input_gradient_penalty, linear_schedule, param_gradient_penalty,
-                                            reward_from_logit)
+from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscriminator, discriminator_losses,
+                                            imagined_transitions, linear_schedule, reward_from_logit,
+                                            sequence_transitions)
 from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, doc
 from vmil.nn import optimize
@@ -37,7 +37,7 @@ from world_model.behavior import ActorCritic, BehaviorConfig, frozen, imagine
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import InverseDynamics, preprocess_image
 from world_model.rssm import State
-from world_model.viz import frame_grid, openloop_strip
+from world_model.viz import openloop_strip
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,14 @@ class VMILAgent:
         self.action_dim = spec.action_dim
         self.demos_have_actions = demos_have_actions
         inputs = cfg.disc.inputs if cfg.disc.inputs != "auto" else ("zaz" if demos_have_actions else "zz")
+        features = cfg.disc.features if cfg.disc.features != "auto" else ("full" if demos_have_actions else "stoch")
+        self.disc_stoch_only = features == "stoch"
         self.use_idm = not demos_have_actions and cfg.expert_actions == "infer"
         self.wm = WorldModel.from_config(cfg.model, spec.obs_shape, spec.action_dim, spec.state_dim).to(device)
         feat = self.wm.feat_dim
         self.ac = ActorCritic(feat, spec.action_dim, cfg.behavior).to(device)
-        self.disc = LatentDiscriminator(feat, spec.action_dim, inputs, cfg.disc.units, cfg.disc.layers).to(device)
+        disc_feat = cfg.model.stoch if self.disc_stoch_only else feat
+        self.disc = LatentDiscriminator(disc_feat, spec.action_dim, inputs, cfg.disc.units, cfg.disc.layers).to(device)
         self.idm = (InverseDynamics(self.wm.embed_dim, spec.action_dim, cfg.idm_units, cfg.idm_layers).to(device)
                     if self.use_idm else None)
         m, b = cfg.model, cfg.behavior
@@ -139,6 +142,10 @@ class VMILAgent:
             torch.cuda.synchronize(self.device)
         self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
 
+    def disc_features(self, feat: torch.Tensor) -> torch.Tensor:
+        """The part of model features [..., stoch + deter] the discriminator reads."""
+        return feat[..., :self.cfg.model.stoch] if self.disc_stoch_only else feat
+
     def _norm_action(self, action: torch.Tensor) -> torch.Tensor:
         """Env action range -> [-1, 1], the actor's range."""
         return ((action.to(self.device, torch.float32) - self._a_shift) / self._a_scale).clamp(-1, 1)
@@ -152,7 +159,7 @@ class VMILAgent:
             raise ValueError(f"VMIL {name} batch: actions {tuple(batch.action.shape)} do not match "
                              f"[B, T, {self.action_dim}]")
 
-    def _proprio(self, *batches: SequenceBatch) -> torch.Tensor | None:
+    def proprio(self, *batches: SequenceBatch) -> torch.Tensor | None:
         if not self.cfg.model.proprio:
             return None
         if any(b.state is None for b in batches):
@@ -171,12 +178,12 @@ class VMILAgent:
             action = torch.cat([first, self.idm(e[:, :-1], e[:, 1:]).float()], 1)
         return action * (~is_first).unsqueeze(-1)
 
-    def _sequence_actions(self, batch: SequenceBatch, embed: torch.Tensor | None = None) -> torch.Tensor:
+    def sequence_actions(self, batch: SequenceBatch, embed: torch.Tensor | None = None) -> torch.Tensor:
         """Actions in [-1, 1] for a batch: recorded or inferred (needs its embeddings)."""
         if batch.action is not None:
             return self._norm_action(batch.action)
         if embed is None:
-            embed = self.wm.encode(preprocess_image(batch.obs.to(self.device)), self._proprio(batch))
+            embed = self.wm.encode(preprocess_image(batch.obs.to(self.device)), self.proprio(batch))
         return self._infer_actions(embed, batch.is_first.to(self.device))
 
     # ------------------------------------------------------------------ update
@@ -214,7 +221,8 @@ class VMILAgent:
         with self._autocast():
             _, feats, actions, log_prob = imagine(self.wm.rssm, self.ac.actor, start, b.horizon,
                                                   with_log_prob=b.entropy > 0)
-            logit = self.disc.transition_logit(feats[:-1], actions, feats[1:])
+            z = self.disc_features(feats)
+            logit = self.disc.transition_logit(z[:-1], actions, z[1:])
             reward = reward_from_logit(logit.float(), c.reward, c.reward_scale)
             loss, returns, weights, metrics = self.ac.actor_loss(feats, reward, log_prob)
         return feats, actions, reward, loss, returns, weights, metrics
@@ -240,7 +248,7 @@ class VMILAgent:
             is_first = torch.cat([batch.is_first, expert.is_first]).to(dev)
             expert_given = self._norm_action(expert.action) if expert.action is not None else None
             losses, post, expert_action, wm_metrics = self._model_fn(
-                image, is_first, self._proprio(batch, expert), self._norm_action(batch.action), expert_given)
+                image, is_first, self.proprio(batch, expert), self._norm_action(batch.action), expert_given)
             weights = {"image": cfg.model.image_scale, "kl": cfg.model.kl_scale,
                        "proprio": cfg.model.proprio_scale, "idm": 1.0}
             weights = {k: v for k, v in weights.items() if k in losses}
@@ -249,7 +257,7 @@ class VMILAgent:
             m.update({f"model/{k}": v for k, v in wm_metrics.items()})
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
         post = post.detach()
-        feat_expert = self.wm.rssm.feat(post.map(lambda x: x[B:]))
+        feat_expert = self.disc_features(self.wm.rssm.feat(post.map(lambda x: x[B:])))
 
         # Imagination from every agent posterior state; the actor learns through dynamics and reward.
         with self._part("imagination"):
@@ -273,7 +281,7 @@ class VMILAgent:
         # Discriminator: expert posterior transitions (real) vs imagined agent transitions (fake).
         with self._part("discriminator"):
             dm, skip = self._disc_update(feat_expert, expert_action.detach(), expert.is_first.to(dev),
-                                         feats.detach(), actions.detach(), step)
+                                         self.disc_features(feats.detach()), actions.detach(), step)
             m.update(dm)
             skipped += skip
         self.updates += 1
@@ -286,38 +294,22 @@ class VMILAgent:
 
     def _disc_update(self, feat_e: torch.Tensor, action_e: torch.Tensor, first_e: torch.Tensor,
                      feats: torch.Tensor, actions: torch.Tensor, step: int) -> tuple[dict[str, Any], float]:
-        c, inputs = self.cfg.disc, self.disc.inputs
-        F_, A = feat_e.shape[-1], self.action_dim
-        x_e = disc_input(feat_e[:, :-1].reshape(-1, F_), action_e[:, 1:].reshape(-1, A),
-                         feat_e[:, 1:].reshape(-1, F_), inputs)
-        w_e = (~first_e[:, 1:]).reshape(-1).float()  # a transition into an episode start is not one
+        c = self.cfg.disc
+        x_e, w_e = sequence_transitions(feat_e, action_e, first_e, self.disc.inputs)
         H, N = actions.shape[:2]
-        n = c.agent_samples or x_e.shape[0]
-        idx = torch.randint(H * N, (n,), device=self.device)
-        x_a = disc_input(feats[:-1].reshape(-1, F_)[idx], actions.reshape(-1, A)[idx],
-                         feats[1:].reshape(-1, F_)[idx], inputs)
-        x_e, x_a = x_e.float(), x_a.float()
+        idx = torch.randint(H * N, (c.agent_samples or x_e.shape[0],), device=self.device)
+        x_a = imagined_transitions(feats, actions, self.disc.inputs, idx)
         std = linear_schedule(step, c.noise_std, c.noise_final_std, c.noise_anneal_steps)
-        if std > 0:
-            x_e = x_e + std * torch.randn_like(x_e)
-            x_a = x_a + std * torch.randn_like(x_a)
         with self._autocast():
-            logit_e, logit_a = self.disc(x_e).float(), self.disc(x_a).float()
-        losses = bce_losses(logit_e, logit_a, w_e)
-        k = min(x_e.shape[0], x_a.shape[0])
-        if c.penalty == "input":
-            losses["penalty"] = input_gradient_penalty(self.disc, x_e[:k], x_a[:k])
-        elif c.penalty == "params":
-            losses["penalty"] = param_gradient_penalty(self.disc, x_e[:k], x_a[:k])
-        weights = {"expert": 1.0, "agent": 1.0, "penalty": c.penalty_coef}
-        weights = {k_: v for k_, v in weights.items() if k_ in losses}
+            losses, weights, logit_e, logit_a = discriminator_losses(
+                self.disc, x_e.float(), x_a.float(), w_e, c.penalty, c.penalty_coef, std)
         loss = weighted_sum(losses, weights)
         out = optimize(loss, self.opt_disc, self.disc.parameters(), self.cfg.grad_clip)
         metrics = {"disc/loss": loss.detach(), "disc/grad_norm": out["grad_norm"], "disc/noise_std": std,
                    "disc/expert_acc": ((logit_e.detach() > 0).float() * w_e).sum() / w_e.sum().clamp(min=1.0),
                    "disc/agent_acc": (logit_a.detach() < 0).float().mean(),
                    "reward/expert_mean": reward_from_logit(logit_e.detach(), c.reward, c.reward_scale).mean()}
-        metrics.update({f"disc/{k_}": v.detach() for k_, v in losses.items()})
+        metrics.update({f"disc/{k}": v.detach() for k, v in losses.items()})
         return metrics, out["skipped"]
 
     # ------------------------------------------------------------------ acting
@@ -360,7 +352,8 @@ class VMILAgent:
 
     # ------------------------------------------------------------------ diagnostics
 
-    def _slice(self, batch: SequenceBatch, n: int, T: int) -> SequenceBatch:
+    def slice_batch(self, batch: SequenceBatch, n: int, T: int) -> SequenceBatch:
+        """The first ``n`` sequences' first ``T`` steps, on this agent's device."""
         cut = lambda x: None if x is None else x[:n, :T].to(self.device)  # noqa: E731
         return SequenceBatch(*(cut(x) for x in batch))
 
@@ -375,42 +368,12 @@ class VMILAgent:
                 continue
             self._check(b, name)
             T = min(self.cfg.openloop_steps, b.obs.shape[1])
-            b = self._slice(b, sequences, T)
+            b = self.slice_batch(b, sequences, T)
             context = min(self.cfg.openloop_context, T - 1)
-            truth, pred = self.wm.open_loop(b.obs, self._sequence_actions(b), b.is_first.to(self.device), context,
-                                            self._proprio(b))
+            truth, pred = self.wm.open_loop(b.obs, self.sequence_actions(b), b.is_first.to(self.device), context,
+                                            self.proprio(b))
             out[name] = openloop_strip(truth, pred)
         return out
-
-    @torch.no_grad()
-    def reward_along(self, batch: SequenceBatch) -> np.ndarray:
-        """Discriminator reward [B, T-1] of each posterior transition of a batch of sequences."""
-        self._check(batch, "reward")
-        b = self._slice(batch, batch.obs.shape[0], batch.obs.shape[1])
-        embed = self.wm.encode(preprocess_image(b.obs), self._proprio(b))
-        action = self._sequence_actions(b, embed)
-        post, _ = self.wm.rssm.observe(embed, action, b.is_first, sample=False)
-        feat = self.wm.rssm.feat(post)
-        logit = self.disc.transition_logit(feat[:, :-1], action[:, 1:], feat[:, 1:])
-        return reward_from_logit(logit, self.cfg.disc.reward, self.cfg.disc.reward_scale).cpu().numpy()
-
-    @torch.no_grad()
-    def imagine_frames(self, batch: SequenceBatch, start: int = 0, horizon: int | None = None,
-                       sequences: int = 4) -> np.ndarray:
-        """Decoded frames uint8 [N, H+1, C, H, W] of the actor's imagined rollouts from the posterior
-        at time ``start`` of the first ``sequences`` sequences (frame 0: the posterior itself)."""
-        horizon = horizon or self.cfg.behavior.horizon
-        if not 0 <= start < batch.obs.shape[1]:
-            raise ValueError(f"start must be in [0, {batch.obs.shape[1] - 1}], got {start}")
-        b = self._slice(batch, sequences, start + 1)
-        embed = self.wm.encode(preprocess_image(b.obs), self._proprio(b))
-        post, _ = self.wm.rssm.observe(embed, self._sequence_actions(b, embed), b.is_first, sample=False)
-        states, _, _, _ = imagine(self.wm.rssm, self.ac.actor, post.map(lambda x: x[:, -1]), horizon)
-        return self.wm.decode_states(states).transpose(0, 1).cpu().numpy()
-
-    def imagine_strip(self, batch: SequenceBatch, start: int = 0, horizon: int | None = None) -> np.ndarray:
-        """:meth:`imagine_frames` as one HWC uint8 image (a row per sequence)."""
-        return frame_grid(self.imagine_frames(batch, start, horizon))
 
     # ------------------------------------------------------------------ persistence
 

@@ -83,8 +83,8 @@ def test_frame_stacks_rebuild_every_intermediate_stack(frames, nstep):
 def test_each_variant_updates_with_finite_named_metrics(variant):
     torch.manual_seed(0)
     agent = build(tiny(variant), SPEC, torch.device("cpu"), demos(True))
-    assert agent.request.expert_batch_size == 2 and agent.request.batch_size == 4
-    metrics = agent.update(make_batch(4), make_batch(2, seed=1), step=100)
+    assert agent.request.expert_batch_size == 2 and agent.request.batch_size == (2 if variant == "sqil" else 4)
+    metrics = agent.update(make_batch(agent.request.batch_size), make_batch(2, seed=1), step=100)
     required = {"critic_loss", "actor_loss", "reward_mean", "skipped"}
     if variant != "sqil":
         required |= {"disc_loss", "disc_accuracy", "disc_skipped"}
@@ -155,11 +155,11 @@ def test_shared_encoder_discriminator_leaves_encoder_gradients_at_zero():
 def test_sqil_rewards_expert_one_agent_zero():
     torch.manual_seed(0)
     agent = build(tiny("sqil"), SPEC, torch.device("cpu"), demos(True))
-    batch = make_batch(4)
+    assert (agent.request.batch_size, agent.request.expert_batch_size) == (2, 2)  # balanced halves of 4
     expert = make_batch(2, seed=1)._replace(discount=torch.tensor([0.99 ** 3, 0.99]))
-    metrics = agent.update(batch, expert, step=0)
+    metrics = agent.update(make_batch(2), expert, step=0)
     expert_rewards = [1 + 0.99 + 0.99 ** 2, 1.0]
-    assert metrics["reward_mean"] == pytest.approx(sum(expert_rewards) / 6, rel=1e-5)
+    assert metrics["reward_mean"] == pytest.approx(sum(expert_rewards) / 4, rel=1e-5)
 
 
 def test_bc_weight_anneals():

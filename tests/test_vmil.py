@@ -17,6 +17,7 @@ from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscrimin
                                             reward_from_logit)
 from vmil.base import EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, resolve
+from world_model import analysis
 from world_model.behavior import BehaviorConfig
 from world_model.model import ModelConfig
 
@@ -193,10 +194,11 @@ def test_visualize_reward_and_imagination_outputs():
     assert images["openloop_expert"].shape == (2 * 3 * 65 - 1, steps * 65 - 1, 3)
     assert images["openloop_agent"].dtype == np.uint8
     assert agent.visualize(make_batch(2, 6, False), None).keys() == {"openloop_expert"}
-    r = agent.reward_along(make_batch(2, 6, False))
+    r = analysis.reward_along(agent, make_batch(2, 6, False))
     assert r.shape == (2, 5) and np.all((r >= 0) & (r <= 1))
-    frames = agent.imagine_frames(make_batch(2, 6, True), start=2, horizon=4)
+    frames = analysis.imagine_frames(agent, make_batch(2, 6, True), start=2, horizon=4)
     assert frames.shape == (2, 5, 3, 64, 64) and frames.dtype == np.uint8
+    assert analysis.imagine_strip(agent, make_batch(2, 6, True), start=1, horizon=2).shape == (2 * 65 - 1, 3 * 65 - 1, 3)
 
 
 def test_state_dict_roundtrip_and_rejections():

@@ -95,7 +95,9 @@ class Runner:
         self.expert_return = expert_return
         self.demo_info = demo_info
         self.spec = env.spec
-        self.quiet = (not sys.stdout.isatty()) if quiet is None else quiet
+        # quiet=None: a progress bar on a terminal, else one line per log interval; True: neither.
+        self.show_bar = sys.stdout.isatty() if quiet is None else not quiet
+        self.log_lines = quiet is None and not self.show_bar
         # Batches are drawn on the replay's device; random prefill actions on the CPU.
         sample_device = getattr(replay if replay is not None else expert_replay, "device", torch.device("cpu"))
         self.generator = torch.Generator(device=sample_device).manual_seed(cfg.seed)
@@ -186,7 +188,7 @@ class Runner:
         total = cfg.train.offline_updates if self.offline else cfg.train.env_steps
         self._start_time = time.perf_counter()
         self._window_start = (time.perf_counter(), self.env_steps, self.updates)
-        self._bar = tqdm(total=total, initial=self._step(), disable=self.quiet, dynamic_ncols=True,
+        self._bar = tqdm(total=total, initial=self._step(), disable=not self.show_bar, dynamic_ncols=True,
                          unit="upd" if self.offline else "step", desc=f"{cfg.algo} {cfg.env.id}")
         status = "FINISHED"
         try:
@@ -302,7 +304,7 @@ class Runner:
             if self.bad_updates >= limit:
                 where = (f"the last good checkpoint is {self.run_dir / CHECKPOINT_FILE} (step {self.last_checkpoint_step})"
                          if self.last_checkpoint_step is not None else "no checkpoint was written before it")
-                self._log(force=True)
+                self._log()
                 raise TrainingDiverged(
                     f"training diverged: {limit} consecutive updates had a non-finite loss or gradient "
                     f"(update {self.updates}, step {self._step()}); {where}. Lower agent.lr or set a gradient "
@@ -323,7 +325,7 @@ class Runner:
         if step % cfg.checkpoint_every == 0 and self.bad_updates == 0:
             self.save_checkpoint()
 
-    def _log(self, force: bool = False) -> None:
+    def _log(self) -> None:
         now = time.perf_counter()
         t0, steps0, updates0 = self._window_start
         dt = max(now - t0, 1e-9)
@@ -341,8 +343,14 @@ class Runner:
                         "episodes": float(self.episodes), "wall_seconds": self.wall_seconds(),
                         "updates_per_second": (self.updates - updates0) / dt,
                         "env_steps_per_second": (self.env_steps - steps0) / dt})
-        if metrics or force:
-            self.tracker.log_metrics(metrics, self._step())
+        self.tracker.log_metrics(metrics, self._step())
+        if self.log_lines:
+            # No progress bar (not a terminal): one line per log interval instead.
+            total = self.cfg.train.offline_updates if self.offline else self.cfg.train.env_steps
+            loss = "  ".join(f"{k[6:]} {v:.4g}" for k, v in metrics.items()
+                             if k.startswith("train/") and "loss" in k)
+            self._say(f"{'update' if self.offline else 'step'} {self._step()}/{total}  {loss}  "
+                      f"({metrics['updates_per_second']:.1f} updates/s, {self.wall_seconds():.0f} s)")
         self._window.clear()
         self._window_start = (now, self.env_steps, self.updates)
 

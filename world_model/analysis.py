@@ -1,6 +1,6 @@
 """What the latent-rollout notebook calls: load a VMIL run (or train a smoke one), turn episodes into
-sequence batches, and plot discriminator rewards. The agent's own diagnostics
-(:meth:`imitation.vmil.VMILAgent.visualize`, ``imagine_strip``, ``reward_along``) draw the rest."""
+sequence batches, discriminator reward along a trajectory, the actor's imagined rollouts decoded to
+frames, and a reward plot. Open-loop strips come from :meth:`imitation.vmil.VMILAgent.visualize`."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,9 @@ import numpy as np
 import torch
 
 from vmil.base import EnvSpec, SequenceBatch
+from world_model.behavior import imagine
+from world_model.networks import preprocess_image
+from world_model.viz import frame_grid
 
 
 def train_smoke_run(out_dir: str | Path, env_id: str = "toy:reach", episodes: int = 3, preset: str = "smoke",
@@ -108,3 +111,42 @@ def reward_figure(rewards: dict[str, np.ndarray], title: str = "discriminator re
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+@torch.no_grad()
+def reward_along(agent: Any, batch: SequenceBatch) -> np.ndarray:
+    """A VMIL agent's discriminator reward [B, T-1] for each posterior transition of a batch of
+    sequences (expert actions inferred as in training when the batch has none)."""
+    from imitation.latent_discriminator import reward_from_logit
+
+    b = agent.slice_batch(batch, batch.obs.shape[0], batch.obs.shape[1])
+    wm = agent.wm
+    embed = wm.encode(preprocess_image(b.obs), agent.proprio(b))
+    action = agent.sequence_actions(b, embed)
+    post, _ = wm.rssm.observe(embed, action, b.is_first, sample=False)
+    z = agent.disc_features(wm.rssm.feat(post))
+    logit = agent.disc.transition_logit(z[:, :-1], action[:, 1:], z[:, 1:])
+    return reward_from_logit(logit, agent.cfg.disc.reward, agent.cfg.disc.reward_scale).cpu().numpy()
+
+
+@torch.no_grad()
+def imagine_frames(agent: Any, batch: SequenceBatch, start: int = 0, horizon: int | None = None,
+                   sequences: int = 4) -> np.ndarray:
+    """Decoded frames uint8 [N, H+1, C, H, W] of a VMIL agent's imagined rollouts (its actor in its
+    world model) from the posterior at time ``start`` of the first ``sequences`` sequences; frame 0
+    is the posterior itself."""
+    horizon = horizon or agent.cfg.behavior.horizon
+    if not 0 <= start < batch.obs.shape[1]:
+        raise ValueError(f"start must be in [0, {batch.obs.shape[1] - 1}], got {start}")
+    b = agent.slice_batch(batch, sequences, start + 1)
+    wm = agent.wm
+    embed = wm.encode(preprocess_image(b.obs), agent.proprio(b))
+    post, _ = wm.rssm.observe(embed, agent.sequence_actions(b, embed), b.is_first, sample=False)
+    states, _, _, _ = imagine(wm.rssm, agent.ac.actor, post.map(lambda x: x[:, -1]), horizon)
+    return wm.decode_states(states).transpose(0, 1).cpu().numpy()
+
+
+def imagine_strip(agent: Any, batch: SequenceBatch, start: int = 0, horizon: int | None = None,
+                  sequences: int = 4) -> np.ndarray:
+    """:func:`imagine_frames` as one HWC uint8 image, a row per sequence."""
+    return frame_grid(imagine_frames(agent, batch, start, horizon, sequences))

@@ -144,7 +144,8 @@ class DrQV2:
     agents call ``encode`` / ``critic_step`` / ``actor_step`` / ``soft_update`` with their own
     rewards instead."""
 
-    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, expert_batch_size: int = 0):
+    def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, expert_batch_size: int = 0,
+                 batch_size: int | None = None):
         if spec.discrete:
             raise ValueError(f"DrQ-v2 needs a continuous action space; {spec.env_id} is discrete "
                              "(use an algorithm for discrete actions)")
@@ -154,7 +155,7 @@ class DrQV2:
         c, h, w = spec.obs_shape
         self.obs_shape = (c * cfg.frame_stack, h, w)
         self.action_dim = spec.action_dim
-        self.request = BatchRequest(kind="transition", batch_size=cfg.batch_size, frame_stack=cfg.frame_stack,
+        self.request = BatchRequest(kind="transition", batch_size=batch_size or cfg.batch_size, frame_stack=cfg.frame_stack,
                                     nstep=cfg.nstep, discount=cfg.discount, expert_batch_size=expert_batch_size)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.encoder = Encoder(self.obs_shape, cfg.encoder_channels).to(device, memory_format=self.memory_format)
@@ -257,14 +258,20 @@ class DrQV2:
     def actor_step(self, h: torch.Tensor, step: int, extra: dict[str, torch.Tensor] | None = None,
                    extra_weights: dict[str, float] | None = None) -> dict[str, float]:
         """Deterministic policy gradient through min(Q1, Q2) on detached features; ``extra`` adds
-        named losses (e.g. BC) with their weights."""
-        with self.autocast():
-            action = sample_action(self.actor(h), self.std(step), self.cfg.std_clip)
-            q1, q2 = self.critic(h, action)
-        losses = {"actor": -torch.min(q1, q2).float().mean(), **(extra or {})}
-        weights = {"actor": 1.0, **(extra_weights or {})}
-        loss = weighted_sum(losses, weights)
-        info = optimize(loss, self.actor_opt, self.actor.parameters(), self.cfg.grad_clip)
+        named losses (e.g. BC) with their weights (a weight for "actor" replaces its 1)."""
+        # The critic only passes gradients to the action: frozen, its weight gradients (which
+        # DrQ-v2 computes and throws away) are never computed.
+        self.critic.requires_grad_(False)
+        try:
+            with self.autocast():
+                action = sample_action(self.actor(h), self.std(step), self.cfg.std_clip)
+                q1, q2 = self.critic(h, action)
+            losses = {"actor": -torch.min(q1, q2).float().mean(), **(extra or {})}
+            weights = {"actor": 1.0, **(extra_weights or {})}
+            loss = weighted_sum(losses, weights)
+            info = optimize(loss, self.actor_opt, self.actor.parameters(), self.cfg.grad_clip)
+        finally:
+            self.critic.requires_grad_(True)
         out = {f"{k}_loss": float(v.detach()) for k, v in losses.items()}
         out.update({"actor_grad_norm": info["grad_norm"], "actor_skipped": info["skipped"],
                     "actor_std": self.std(step)})
