@@ -288,3 +288,14 @@ def test_every_variant_trains_through_the_runner_with_the_smoke_preset(env_id, s
         summary = _train(algo, env_id, smoke_demos[env_id], tmp_path / algo, "smoke", ["train.env_steps=60"])
         assert summary["updates"] >= 1 and math.isfinite(summary["eval_return_mean"]), (algo, summary)
         assert (tmp_path / algo / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo,keep_actions", [("drqv2", False), ("patchail", False)])
+def test_learns_toy_reach_to_80_percent_of_the_expert_within_the_cpu_preset(algo, keep_actions, tmp_path):
+    """DrQ-v2 on the true reward, and PatchAIL from observation-only demos (it never sees a reward)."""
+    info = _record(tmp_path / "demos", "toy:reach", algo, "cpu", 10, keep_actions=keep_actions)
+    assert not info.has_actions
+    summary = _train(algo, "toy:reach", tmp_path / "demos", tmp_path / "run", "cpu")
+    print(json.dumps(summary))
+    assert summary["eval_return_mean"] >= 0.8 * summary["expert_return"], summary

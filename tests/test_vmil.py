@@ -13,8 +13,8 @@ from torch import nn
 
 from imitation import vmil
 from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscriminator, bce_losses, disc_input,
-                                            input_gradient_penalty, linear_schedule, param_gradient_penalty,
-                                            reward_from_logit)
+                                            imagined_transitions, input_gradient_penalty, linear_schedule,
+                                            param_gradient_penalty, reward_from_logit, sequence_transitions)
 from vmil.base import EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, resolve
 from world_model import analysis
@@ -100,6 +100,21 @@ def test_disc_inputs_and_schedule():
     assert linear_schedule(50, 1.0, 0.0, 10) == 0.0 and linear_schedule(50, 1.0, 0.0, 0) == 1.0
 
 
+def test_transition_inputs_follow_the_action_convention():
+    """action[:, t+1] led from frame t to t+1: sequence transitions pair (z_t, a_t+1, z_t+1)."""
+    feat = torch.arange(6.0).reshape(1, 3, 2)  # z_0 = (0, 1), z_1 = (2, 3), z_2 = (4, 5)
+    action = torch.tensor([[[0.0], [10.0], [20.0]]])
+    first = torch.tensor([[True, False, True]])  # frame 2 starts a new episode: no transition into it
+    x, w = sequence_transitions(feat, action, first, "zaz")
+    assert torch.equal(x, torch.tensor([[0.0, 1.0, 10.0, 2.0, 3.0], [2.0, 3.0, 20.0, 4.0, 5.0]]))
+    assert torch.equal(w, torch.tensor([1.0, 0.0]))
+    feats = torch.arange(6.0).reshape(3, 1, 2)  # imagined: [H+1=3, N=1, F=2]
+    actions = torch.tensor([[[7.0]], [[8.0]]])
+    assert torch.equal(imagined_transitions(feats, actions, "zaz"),
+                       torch.tensor([[0.0, 1.0, 7.0, 2.0, 3.0], [2.0, 3.0, 8.0, 4.0, 5.0]]))
+    assert torch.equal(imagined_transitions(feats, actions, "zz", torch.tensor([1])), torch.tensor([[2.0, 3.0, 4.0, 5.0]]))
+
+
 # ------------------------------------------------------------------------------ agent
 
 def tiny_config(**kw) -> vmil.Config:
@@ -137,6 +152,7 @@ def build(has_actions=False, **kw) -> vmil.VMILAgent:
 def test_update_trains_every_part(has_actions):
     agent = build(has_actions)
     assert agent.disc.inputs == ("zaz" if has_actions else "zz")
+    assert agent.disc.in_dim == (2 * 20 + 2 if has_actions else 2 * 4)  # full (stoch 4 + deter 16) / stoch
     assert (agent.idm is not None) == (not has_actions)
     assert agent.request.kind == "sequence" and agent.request.expert_batch_size == 2
     before = {name: [p.clone() for p in m.parameters()] for name, m in
