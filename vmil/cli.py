@@ -198,10 +198,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     _print_json(summary)
     run_dir = runner.run_dir
     print(f"run directory: {run_dir}  (resume: vmil train --resume {run_dir}; evaluate: vmil eval {run_dir})")
-    print(f"MLflow run id: {summary['mlflow_run_id']}")
     uri = getattr(runner.tracker, "uri", None)
     if uri:
+        print(f"MLflow run id: {summary['mlflow_run_id']}")
         print(f"browse it: mlflow ui --backend-store-uri {uri}")
+    else:
+        print("tracking off (--tracking-uri none): metrics were not stored")
     return 0
 
 

@@ -143,13 +143,13 @@ def evaluate_checkpoint(path: str | Path, episodes: int, video: str | Path | Non
     from vmil.config import RunConfig, from_dict
     from vmil.nn import resolve_device, seed_everything
     from vmil.registry import algo_module
-    from vmil.runner import checkpoint_path, demo_info_from_meta
+    from vmil.runner import EVAL_SEED_OFFSET, checkpoint_path, demo_info_from_meta
 
     file = checkpoint_path(Path(path))
     payload = load_checkpoint(file)
     module = algo_module(payload["algo"])
     cfg: RunConfig = from_dict(RunConfig, payload["config"], agent_cls=module.Config)
-    seed = cfg.seed + 1_000_003 if seed is None else seed  # unseen start states by default
+    seed = cfg.seed + EVAL_SEED_OFFSET if seed is None else seed  # the training evaluations' env seed
     seed_everything(seed)
     dev = resolve_device(device)
     env = envs.make(cfg.env.id, image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat, seed=seed,

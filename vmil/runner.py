@@ -32,6 +32,7 @@ RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 EPISODE_DIR = "episodes"
 CHECKPOINT_FILE = "checkpoints/last.pt"
+EVAL_SEED_OFFSET = 1_000_003  # eval env seed = run seed + this (also `vmil eval`'s default)
 
 
 class RunError(ValueError):
@@ -486,10 +487,15 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
             expert_replay.add_episode(ep)
         del expert_episodes
         replay = None
-        if request.kind != "none":
+        # Evaluation starts from states neither the agent's data nor (with the default seeds) the
+        # demos started from; offline runs need no other env.
+        eval_env = _make_env(cfg, cfg.seed + EVAL_SEED_OFFSET)
+        if request.kind == "none":
+            env.close()
+            env = eval_env
+        else:
             episodes_dir = run_dir / EPISODE_DIR if cfg.replay.save_episodes else None
             replay = Replay(spec, cfg.replay.capacity, replay_device, directory=episodes_dir)
-            eval_env = _make_env(cfg, cfg.seed + 1_000_003)
         run_info = _read_run_info(run_dir) if _resume else {}
         if _resume:
             tracking_uri = run_info.get("tracking_uri", tracking_uri)
@@ -497,7 +503,7 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
                                run_id=run_info.get("mlflow_run_id"))
     except BaseException:
         env.close()
-        if eval_env is not None:
+        if eval_env is not None and eval_env is not env:
             eval_env.close()
         raise
     runner = Runner(cfg, env, agent, replay, expert_replay, tracker, run_dir, eval_env,

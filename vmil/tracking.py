@@ -29,7 +29,7 @@ class TrackingError(RuntimeError):
 
 @runtime_checkable
 class Tracker(Protocol):
-    run_id: str
+    run_id: str | None  # None when nothing is stored (MemoryTracker)
 
     def log_params(self, params: dict[str, Any]) -> None: ...
 
@@ -55,7 +55,7 @@ def _check_image(image: np.ndarray, name: str) -> np.ndarray:
 class MemoryTracker:
     """Keeps everything in memory: tests and runs without tracking."""
 
-    def __init__(self, run_id: str = "memory"):
+    def __init__(self, run_id: str | None = None):
         self.run_id = run_id
         self.params: dict[str, Any] = {}
         self.metrics: list[tuple[int, dict[str, float]]] = []
