@@ -7,7 +7,9 @@ tanh-Gaussian actor, twin Q critics with Polyak-averaged targets and a learned t
 over DQN so that one learner, one checkpoint format and one temperature rule cover both; the
 policy's expectation over actions replaces sampling, and the target entropy is a fraction of the
 uniform policy's ``log(n)``: 0.5 by default, lower than the paper's 0.98, which asks the policy to
-stay almost uniform (``discrete_entropy_ratio``).
+stay almost uniform (``discrete_entropy_ratio``). Measured on CartPole-v1 (64-unit nets, 10k steps):
+returns 250-400 from 10k steps with ratio 0.5 or 0.2, not the maximum 500; classic control has
+scripted experts (``vmil.envs.gym.scripted_expert``), which are the better demo source there.
 
 ``expert.pt`` is a :mod:`vmil.checkpoint` file (``algo="sac-expert"``): network and optimiser
 state dicts, counters, RNG state and a metadata dict of plain types; the replay of the run lives next
