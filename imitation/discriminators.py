@@ -15,13 +15,19 @@ the paper's ablation) and receptive fields:
     kernel 5: 35x35, 29x29               kernel 8: 25x25, 50x50     one_by_one: 84x84, 1x1
 
 Gradient penalty semantics (``gradient_penalty``): for each sample i, with x̂_i = α_i e_i +
-(1 - α_i) a_i (α_i ~ U(0, 1)), gp_i = (||∇_{x̂_i} Σ_p D_p(x̂_i)||_2 - 1)^2: the gradient of the
-*patch sum* of that sample's logits, as the public code does (``autograd.grad(disc(mix).sum())``);
-``patch_reduce="mean"`` uses the patch mean instead. The loss adds ``gp_weight * mean_i gp_i``.
-Differences from the public code, on purpose: its norm is taken over ``grads.view(len(grads[0]),
--1)`` (rows of the whole batch's gradient cut by the channel count, not per sample), summed and
-divided by batch * patches, and its gradients are w.r.t. [0, 255] pixels, which together make its
-penalty nearly constant; here it is per sample, w.r.t. [0, 1] pixels, with the stated weight.
+(1 - α_i) a_i (α_i ~ U(0, 1)), gp_i = (||∇_{x̂_i} R(D(x̂_i))||_2 - 1)^2 with R the *mean* of that
+sample's patch logits (default, ``patch_reduce="mean"``) or their sum (``"sum"``, the reduction the
+public code differentiates: ``autograd.grad(disc(mix).sum())``). The loss adds
+``gp_weight * mean_i gp_i``, gradients w.r.t. [0, 1] pixels.
+
+Why mean is the default: the public code's penalty is not per sample (its norm is over
+``grads.view(len(grads[0]), -1)``, rows of the whole batch's gradient cut by the channel count),
+is divided by batch * patches and taken w.r.t. [0, 255] pixels, which together make it nearly
+constant, i.e. almost no penalty. A real per-sample penalty of weight 10 on the patch *sum*
+forces every patch logit to be nearly flat (the sum of P logits must be 1-Lipschitz): measured on
+toy:reach (32x32, 13x13 patches, expert vs random-policy (s, s') pairs, 300 Adam steps, lr 1e-4,
+batch 32), held-out reward gap / std was 1.60 without penalty, 1.57 with the mean penalty and
+-0.69 (no separation, BCE stuck at 2 log 2) with the sum penalty.
 """
 from __future__ import annotations
 
@@ -220,16 +226,16 @@ def _uniform(n: int, like: torch.Tensor, generator: torch.Generator | None) -> t
 
 
 def gradient_penalty(disc: nn.Module, expert_x: torch.Tensor, agent_x: torch.Tensor,
-                     generator: torch.Generator | None = None, patch_reduce: PatchReduce = "sum") -> torch.Tensor:
+                     generator: torch.Generator | None = None, patch_reduce: PatchReduce = "mean") -> torch.Tensor:
     """Per-sample penalty [B]: (||∇_x̂ R(D(x̂))||_2 - 1)^2 on random interpolates of paired expert
-    and agent inputs, R = sum (default) or mean over each sample's outputs. One batched
+    and agent inputs, R = mean (default) or sum over each sample's outputs (module docstring). One batched
     gradient: samples never interact in these discriminators (no batch norm), so the gradient of
     the batch sum w.r.t. sample i is sample i's own gradient."""
     if expert_x.shape != agent_x.shape:
         raise ValueError(f"gradient penalty pairs expert and agent samples: shapes {tuple(expert_x.shape)} "
                          f"and {tuple(agent_x.shape)} differ; sample equal batch sizes")
     if patch_reduce not in ("sum", "mean"):
-        raise ValueError(f"patch_reduce='{patch_reduce}': use 'sum' (the public code) or 'mean'")
+        raise ValueError(f"patch_reduce='{patch_reduce}': use 'mean' (default) or 'sum' (the public code's reduction)")
     b = expert_x.shape[0]
     alpha = _uniform(b, expert_x, generator).view(b, *([1] * (expert_x.ndim - 1)))
     mix = (alpha * expert_x.detach() + (1 - alpha) * agent_x.detach())
@@ -240,17 +246,19 @@ def gradient_penalty(disc: nn.Module, expert_x: torch.Tensor, agent_x: torch.Ten
             per_sample = p_h * p_w
         grad = disc.input_gradient(mix, scale=1.0 / per_sample)
     else:
-        mix.requires_grad_(True)
-        out = disc(mix).flatten(1)
-        total = out.sum() if patch_reduce == "sum" else out.mean(1).sum()
-        grad, = torch.autograd.grad(total, mix, create_graph=True)
+        build_graph = torch.is_grad_enabled()
+        with torch.enable_grad():  # also usable for monitoring under no_grad
+            mix.requires_grad_(True)
+            out = disc(mix).flatten(1)
+            total = out.sum() if patch_reduce == "sum" else out.mean(1).sum()
+            grad, = torch.autograd.grad(total, mix, create_graph=build_graph)
     norm = torch.linalg.vector_norm(grad.to(torch.promote_types(grad.dtype, torch.float32)), dim=tuple(range(1, grad.ndim)))
     return (norm - 1.0).pow(2)
 
 
 def discriminator_loss(disc: nn.Module, expert_x: torch.Tensor, agent_x: torch.Tensor, gp_weight: float = 10.0,
                        generator: torch.Generator | None = None,
-                       patch_reduce: PatchReduce = "sum") -> tuple[torch.Tensor, dict[str, float]]:
+                       patch_reduce: PatchReduce = "mean") -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. (4) per patch plus the gradient penalty:
     loss = mean BCE(D(expert), 1) + mean BCE(D(agent), 0) + gp_weight * mean_i gp_i,
     BCE averaged over samples and patches (the public code's sum / (batch * patches)). Expert and
