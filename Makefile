@@ -1,7 +1,8 @@
 # Set-up and the main jobs. `make demo` and `make test` each install what they need first:
 # system packages for headless EGL rendering (apt, when missing), a virtual environment in .venv,
 # torch 2.13.0 (the CPU wheel when no NVIDIA GPU is present), then vmil itself in editable mode.
-# Without a GPU the CPU wheel is chosen: torch 2.13.0+cpu from the extra index sorts above PyPI's 2.13.0.
+# Without a GPU the CPU wheel is wanted: on the reference machines `pip install torch==2.13.0` finds it on
+# local disk; elsewhere set TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu to take it from PyTorch's index.
 # Re-running is fast: the install step is skipped while .venv/.vmil-installed is newer than setup.py.
 
 SHELL := /bin/bash
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 VMIL := $(VENV)/bin/vmil
 STAMP := $(VENV)/.vmil-installed
 TORCH_VERSION := 2.13.0
-TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_CPU_INDEX ?=
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
 EXTRAS ?= dev,robotics
 export MUJOCO_GL ?= egl
@@ -67,7 +68,7 @@ $(STAMP): setup.py | system-deps
 	    echo "== installing torch $(TORCH_VERSION) (CUDA)"; $(PY) -m pip install -q torch==$(TORCH_VERSION); \
 	  else \
 	    echo "== installing torch $(TORCH_VERSION) (CPU wheel: no NVIDIA GPU found)"; \
-	    $(PY) -m pip install -q torch==$(TORCH_VERSION) --extra-index-url $(TORCH_CPU_INDEX); \
+	    $(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX),); \
 	  fi; \
 	fi; \
 	echo "== installing vmil[$(EXTRAS)]"; \
