@@ -204,6 +204,23 @@ def transition_inputs(obs: np.ndarray, frame_stack: int, pair: bool) -> torch.Te
     return normalize_image(x)
 
 
+def batch_figure(disc: PatchDiscriminator, expert_x: torch.Tensor, agent_x: torch.Tensor,
+                 expert_frames: torch.Tensor | np.ndarray, agent_frames: torch.Tensor | np.ndarray,
+                 transform_kind: TransformKind = "logit", scale: int | None = None) -> np.ndarray:
+    """Figure-1 image for sampled batches (e.g. an agent's ``visualize`` at eval time):
+    discriminator inputs float [0, 1] [N, C', H, W] and the frames to draw on, uint8 [N, C, H, W]
+    (C = 1 or 3, typically the last frame of s'). Expert row on top, one colour scale."""
+    values = {"expert": patch_values(disc, expert_x, transform_kind).numpy(),
+              "agent": patch_values(disc, agent_x, transform_kind).numpy()}
+    frames = {"expert": np.asarray(torch.as_tensor(expert_frames).cpu()),
+              "agent": np.asarray(torch.as_tensor(agent_frames).cpu())}
+    geometry = disc.geometry()
+    height, width = expert_x.shape[-2:]
+    vmax = max(float(np.abs(patch_value_map(v, height, width, geometry)).max()) for v in values.values())
+    maps = {k: maps_for_frames(list(frames[k]), values[k], geometry, vmax) for k in values}
+    return side_by_side(maps["expert"], maps["agent"], scale=scale or max(1, 128 // height))
+
+
 @dataclass
 class PatchRun:
     """A PatchAIL run loaded for visualisation: its discriminator and how it reads frames."""

@@ -85,6 +85,16 @@ def test_side_by_side_layout_and_files(tmp_path):
         write_png(fig.astype(np.float32), tmp_path / "bad.png")
 
 
+def test_batch_figure_layout():
+    from imitation.viz import batch_figure
+
+    disc = PatchDiscriminator(6, channels=(2, 2, 2))
+    x = torch.rand(3, 6, 32, 32)
+    frames = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)
+    fig = batch_figure(disc, x, x[:2], frames, frames[:2], scale=2)
+    assert fig.shape == (2 * 64 + 2, 3 * 64 + 2 * 2, 3) and fig.dtype == np.uint8
+
+
 def test_transition_inputs_stack_like_the_runner():
     obs = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1).repeat(2, 2).repeat(2, 3)  # frames 0..3
     x = transition_inputs(obs, frame_stack=3, pair=True)
