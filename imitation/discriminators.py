@@ -148,17 +148,16 @@ class PatchDiscriminator(nn.Module):
         less time for the penalty on CPU."""
         _check_image(x, self.in_channels, "PatchDiscriminator")
         x = self._layout(x.detach())
-        gates, shapes = [], [x.shape]
+        pre, shapes = [], [x.shape]  # pre-activations: they fix the LeakyReLU slopes
         with torch.no_grad():
             h = x - 0.5
-            for i, conv in enumerate(self.convs[:-1]):
+            for conv in self.convs[:-1]:
                 h = conv(h)
-                gates.append(torch.full_like(h, SLOPE).masked_fill_(h > 0, 1.0))
+                pre.append(h)
                 shapes.append(h.shape)
                 h = F.leaky_relu(h, SLOPE)
             out_hw = self.convs[-1](h).shape[-2:]
-        g = torch.full((x.shape[0], 1, *out_hw), scale, dtype=x.dtype, device=x.device)
-        g = self._layout(g)
+        g = self._layout(torch.full((x.shape[0], 1, *out_hw), scale, dtype=x.dtype, device=x.device))
         for i in reversed(range(len(self.convs))):
             conv = self.convs[i]
             k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
@@ -167,7 +166,8 @@ class PatchDiscriminator(nn.Module):
             pad_out = [target[d] - ((g.shape[-2 + d] - 1) * s - 2 * p + k) for d in range(2)]
             g = F.conv_transpose2d(g, conv.weight, None, conv.stride, conv.padding, output_padding=tuple(pad_out))
             if i > 0:
-                g = g * gates[i - 1]
+                # g * (1 if pre > 0 else SLOPE) in one pass; differentiable in g, pre is constant.
+                g = torch.ops.aten.leaky_relu_backward(g, pre[i - 1], SLOPE, False)
         return g
 
 

@@ -27,6 +27,12 @@ Choices (stated because the public code differs):
 - The discriminator sees expert_batch_size expert and as many agent pairs per update (the public
   code's batch // 2 each); one random shift per (s, s') pair, so both frames move together.
 - The mean expert patch distribution for Sim comes from the expert batch, not a whole demo.
+- The gradient penalty (weight 10, per sample, w.r.t. [0, 1] pixels) constrains the gradient of
+  each sample's *mean* patch logit by default. Constraining the patch *sum* (``gp_reduce=sum``)
+  asks every one of the P x P patches for a P^2 times smaller slope; on toy:reach it pinned the
+  discriminator at chance (logits ~0, rewards ~0.01). The public code's penalty is neither: its
+  norm runs over rows of the whole batch's gradient and is divided by batch x patches, which
+  leaves its discriminator nearly unconstrained.
 """
 from __future__ import annotations
 
@@ -65,6 +71,8 @@ class Config(drqv2.Config):
     one_by_one: bool = doc(False, "All-1x1 patch discriminator (the ablation's 1x1 variant).")
     disc_channels: tuple[int, int, int] = doc((32, 64, 128), "Channels of the patch discriminator's first three convs.")
     gp_weight: float = doc(10.0, "Weight of the per-sample gradient penalty on interpolates.")
+    gp_reduce: Literal["mean", "sum"] = doc(
+        "mean", "Penalise the input gradient of each sample's mean (default) or sum of patch logits; see the module doc.")
     disc_augment: bool = doc(True, "Random shift of discriminator inputs (pad = augment_pad).")
     reward_transform: Literal["logit", "neg_log_one_minus", "log", "fairl"] = doc(
         "logit", "h(D): logit = log D - log(1 - D) (the paper), -log(1 - D), log D, or FAIRL.")
@@ -275,7 +283,8 @@ class ImitationAgent:
             expert_x = self.disc_image(self.pair(expert.obs, expert.step_obs), augment=True)
             agent_x = self.disc_image(self.pair(batch.obs[:m], batch.step_obs[:m]), augment=True)
         with self.rl.autocast():
-            loss, info = D.discriminator_loss(self.disc, expert_x, agent_x, gp_weight=self.cfg.gp_weight)
+            loss, info = D.discriminator_loss(self.disc, expert_x, agent_x, gp_weight=self.cfg.gp_weight,
+                                              patch_reduce=self.cfg.gp_reduce)
         opt = optimize(loss.float(), self.disc_opt, self.disc.parameters(), self.cfg.grad_clip)
         out = {f"disc_{k}": float(v) for k, v in info.items()}
         out["disc_accuracy"] = 0.5 * (out["disc_expert_acc"] + out["disc_agent_acc"])

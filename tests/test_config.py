@@ -149,3 +149,14 @@ def test_configs_are_package_data():
     """An installed vmil finds its presets through the `configs` package."""
     assert (configs_root() / "size" / "smoke.yaml").is_file()
     assert Path(importlib.import_module("configs").__file__).parent == configs_root()
+
+
+def test_env_settings_without_an_algorithm():
+    from vmil.config import EnvConfig, resolve_env
+
+    env = resolve_env("dmc:cheetah_run", "cpu")
+    assert isinstance(env, EnvConfig) and env.id == "dmc:cheetah_run"
+    dmc = yaml.safe_load((configs_root() / "env" / "dmc.yaml").read_text())
+    assert env.action_repeat == dmc["defaults"]["env"]["action_repeat"]
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_env("toy:reach", "fast")

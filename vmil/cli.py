@@ -108,15 +108,16 @@ def cmd_envs_show(args: argparse.Namespace) -> int:
 
 def _env_settings_for(args: argparse.Namespace) -> dict[str, Any]:
     """Image size, action repeat, grayscale and camera: given flags win, then the algorithm's preset
-    (``--algo``), then the env defaults."""
-    settings: dict[str, Any] = {"image_size": 64, "action_repeat": 2, "grayscale": False, "camera": None}
-    if args.algo:
-        from vmil.config import resolve
-        from vmil.registry import algo_module
+    (``--algo``), then the env family's preset (``configs/env``)."""
+    from vmil.config import resolve, resolve_env
+    from vmil.registry import algo_module
 
-        cfg = resolve(args.algo, algo_module(args.algo).Config, args.env, args.preset)
-        settings.update(image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat,
-                        grayscale=cfg.env.grayscale, camera=cfg.env.camera or None)
+    if args.algo:
+        env = resolve(args.algo, algo_module(args.algo).Config, args.env, args.preset).env
+    else:
+        env = resolve_env(args.env, args.preset)
+    settings: dict[str, Any] = {"image_size": env.image_size, "action_repeat": env.action_repeat,
+                                "grayscale": env.grayscale, "camera": env.camera or None}
     for key in settings:
         value = getattr(args, key)
         if value is not None and value is not False:
@@ -220,7 +221,7 @@ BENCH_FLAGS = {
     "env": {"env": "env_id", "image_size": "image_size", "steps": "steps"},
     "replay": {"device": "device", "image_size": "image_size"},
     "vmil": {"preset": "preset", "batch": "batch", "seq": "seq", "device": "device", "threads": "threads",
-             "updates": "updates"},
+             "updates": "updates", "amp": "amp", "compile": "compile"},
     "patchail": {"algo": "algo", "batch": "batch", "device": "device", "threads": "threads",
                  "image_size": "image_size", "updates": "updates"},
 }
@@ -326,9 +327,9 @@ def build_parser() -> Parser:
                          help="observation-only demos (the default)")
     r.add_argument("--algo", help="use the image size, action repeat, grayscale and camera of this "
                                   "algorithm's preset")
-    r.add_argument("--preset", default="cpu", help="preset for --algo (default: cpu)")
-    r.add_argument("--image-size", type=int, default=None, help="square frame size (default 64, or --algo's)")
-    r.add_argument("--action-repeat", type=int, default=None, help="default 2, or --algo's")
+    r.add_argument("--preset", default="cpu", help="preset whose env settings to use (default: cpu)")
+    r.add_argument("--image-size", type=int, default=None, help="square frame size (default: the preset's)")
+    r.add_argument("--action-repeat", type=int, default=None, help="default: the preset's")
     r.add_argument("--camera", default=None)
     r.add_argument("--grayscale", action="store_true", default=False)
     r.add_argument("--max-episode-steps", type=int, default=0, help="0: the env's default")
@@ -388,6 +389,8 @@ def build_parser() -> Parser:
     b.add_argument("--updates", type=int, default=None, help="vmil, patchail: timed updates")
     b.add_argument("--device", default=None, help="replay, vmil, patchail: cpu or cuda")
     b.add_argument("--threads", type=int, default=None, help="vmil, patchail: torch CPU threads")
+    b.add_argument("--amp", default=None, choices=("none", "bf16"), help="vmil: bf16 autocast (GPU)")
+    b.add_argument("--compile", action="store_true", default=None, help="vmil: torch.compile the update (GPU)")
     b.set_defaults(fn=cmd_bench)
 
     z = sub.add_parser("viz", help="visualisations")

@@ -256,14 +256,27 @@ def _layer(path: Path, preset: str) -> dict[str, Any]:
     return merge(out, (data.get("presets") or {}).get(preset) or {})
 
 
-def resolve(algo: str, agent_cls: type, env_id: str | None = None, preset: str = "cpu",
-            overrides: tuple[str, ...] | list[str] = (), base: dict[str, Any] | None = None) -> RunConfig:
-    """The run config for an algorithm, env and preset, with overrides applied and checked."""
+def _check_preset(preset: str) -> None:
     valid = presets()
     if preset not in valid:
         near = difflib.get_close_matches(preset, valid, n=1)
         raise ConfigError(f"unknown preset '{preset}'" + (f"; did you mean {near[0]}?" if near else "")
                           + f" (valid: {', '.join(valid)})")
+
+
+def resolve_env(env_id: str, preset: str = "cpu") -> EnvConfig:
+    """An env's settings under a preset without any algorithm's layer (size preset < env family)."""
+    _check_preset(preset)
+    root = configs_root()
+    data = merge(_read_yaml(root / "size" / f"{preset}.yaml"),
+                 _layer(root / "env" / f"{env_id.split(':', 1)[0]}.yaml", preset))
+    return from_dict(EnvConfig, {**(data.get("env") or {}), "id": env_id}, "env")
+
+
+def resolve(algo: str, agent_cls: type, env_id: str | None = None, preset: str = "cpu",
+            overrides: tuple[str, ...] | list[str] = (), base: dict[str, Any] | None = None) -> RunConfig:
+    """The run config for an algorithm, env and preset, with overrides applied and checked."""
+    _check_preset(preset)
     root = configs_root()
     data: dict[str, Any] = merge(base or {}, _read_yaml(root / "size" / f"{preset}.yaml"))
     data = merge(data, _layer(root / "algo" / f"{algo}.yaml", preset))

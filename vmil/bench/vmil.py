@@ -68,7 +68,7 @@ def synthetic_batch(batch: int, seq: int, spec: EnvSpec, device: torch.device, a
 def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 50, *, expert_batch: int | None = None,
                updates: int = 3, warmup: int = 1, device: str = "cpu", threads: int = 0, amp: str = "none",
                compile: bool = False, action_dim: int = 6, count_flops: bool = True,
-               overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+               overrides: tuple[str, ...] = (), peak_seconds: float = 1.0) -> dict[str, Any]:
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes.
 
     ``batch``/``seq`` (None: 16 and 50) set the agent batch; the expert batch defaults to the same
@@ -115,7 +115,8 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     parts = {k: round(v / updates, 1) for k, v in agent.timings.items()}
     agent.timings = None
 
-    peak = matmul_peak_gflops(dev, torch.float32)
+    n = 2048 if peak_seconds >= 0.5 else 512  # quick checks (tests) use a small matrix
+    peak = matmul_peak_gflops(dev, torch.float32, n=n, seconds=peak_seconds)
     ms = wall / updates * 1000
     achieved = gflop / (ms / 1000)
     result: dict[str, Any] = {
@@ -132,7 +133,7 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         "torch": torch.__version__,
     }
     if amp == "bf16":
-        bf16 = matmul_peak_gflops(dev, torch.bfloat16)
+        bf16 = matmul_peak_gflops(dev, torch.bfloat16, n=n, seconds=peak_seconds)
         result["peak_bf16_gflops"] = round(bf16, 1)
         result["peak_fraction_bf16"] = round(achieved / bf16, 3)
     return result
