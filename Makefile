@@ -50,6 +50,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q --timeout=900
+	$(PY) -m pytest --nbmake notebooks -q --timeout=900
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q --timeout=3600
