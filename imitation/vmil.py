@@ -25,7 +25,6 @@ from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscriminator, discriminator_losses,
                                             imagined_transitions, linear_schedule, reward_from_logit,
