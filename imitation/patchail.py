@@ -305,6 +305,10 @@ class ImitationAgent:
         if mode != "plain":
             expert_x = self.disc_image(self.pair(expert.obs, expert.step_obs), augment=False)
             expert_mean = R.expert_mean_logits(self.disc_logits(expert_x), cfg.sim_reference)
+        feats = None
+        if cfg.variant == "shared-enc-ail":  # each stack is encoded once, whichever pairs it is in
+            needed = cfg.nstep + 1 if cfg.disc_pair else cfg.nstep
+            feats = [self.features(self.rl.to_float(stacks[i])) for i in range(needed)]
         total = torch.zeros(b, device=self.device)
         sims = []
         for i in range(cfg.nstep):
@@ -312,9 +316,8 @@ class ImitationAgent:
             if not bool(valid.any()):
                 break
             s, s_next = stacks[i][valid], stacks[i + 1][valid]
-            if cfg.variant == "shared-enc-ail":
-                feats = self.features(self.rl.to_float(torch.cat([s, s_next]))).split(s.shape[0])
-                x = torch.cat(feats, 1) if cfg.disc_pair else feats[0]
+            if feats is not None:
+                x = torch.cat([feats[i][valid], feats[i + 1][valid]], 1) if cfg.disc_pair else feats[i][valid]
             else:
                 x = self.disc_image(self.pair(s, s_next), augment=False)
             logits = self.disc_logits(x)

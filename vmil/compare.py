@@ -142,8 +142,9 @@ def plot_curves(runs: list[dict[str, Any]], uri: str = DEFAULT_URI, key: str = R
 
 
 def has_runs(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> bool:
+    """Whether the store holds finished vmil training runs."""
     try:
-        return bool(load_runs(uri, experiment))
+        return bool(load_runs(uri, experiment, finished_only=True))
     except TrackingError:
         return False
 
