@@ -32,6 +32,15 @@ class DiscriminatorConfig:
                 "only; auto = full when the demos have actions, else stoch. The GRU state h_t+1 is a function of "
                 "a_t, so with full features a (z, z') discriminator would still see the actions -- inferred ones "
                 "on the expert side -- and could tell expert from agent by them instead of by the states.")
+    latent: Literal["sample", "mean"] = doc(
+        "sample", "Stochastic state the discriminator reads: sample = the reparameterised sample (the paper); "
+                  "mean = the distribution's mean. Samples carry the posterior's and the prior's noise (min std "
+                  "0.1 per dimension), which can drown the small state changes of one step.")
+    agent_source: Literal["imagined", "replay"] = doc(
+        "imagined", "Agent transitions the discriminator trains on: imagined = the actor's imagined rollouts "
+                    "(the paper); replay = posteriors of the agent's replayed sequences, computed the same way "
+                    "as the expert's, so expert and agent differ only in behaviour, not in prior vs posterior. "
+                    "The actor is rewarded on its imagined transitions either way.")
     units: int = doc(400, "Hidden units.")
     layers: int = doc(3, "Hidden layers.")
     lr: float = doc(8e-5, "Learning rate (Adam).")

@@ -186,20 +186,17 @@ class ImitationAgent:
         from imitation import viz
 
         c = self.spec.obs_shape[0]
-        values, frames = {}, {}
-        for name, data in (("expert", expert), ("agent", batch)):
+        inputs, frames = [], []
+        for data in (expert, batch):
             if data is None:
-                values[name], frames[name] = np.zeros((0, 1, 1), np.float32), []
+                inputs.append(None)
+                frames.append(None)
                 continue
             s, s_next = data.obs[:max_items], data.step_obs[:max_items]
-            x = self.disc_image(self.pair(s, s_next), augment=False)
-            values[name] = viz.patch_values(self.disc, x, self.cfg.reward_transform).numpy()
-            frames[name] = list(s_next[:, -c:].cpu().numpy())
-        vmax = max(float(np.abs(v).max()) if v.size else 0.0 for v in values.values())
-        geometry = self.disc.geometry()
-        maps = {name: viz.maps_for_frames(frames[name], values[name], geometry, max(vmax, 1e-6)) for name in values}
-        scale = max(1, 128 // self.spec.obs_shape[1])
-        return {"patch_rewards": viz.side_by_side(maps["expert"], maps["agent"], scale=scale)}
+            inputs.append(self.disc_image(self.pair(s, s_next), augment=False))
+            frames.append(s_next[:, -c:])  # drawn on the newest frame the discriminator sees
+        return {"patch_rewards": viz.batch_figure(self.disc, inputs[0], inputs[1], frames[0], frames[1],
+                                                  self.cfg.reward_transform)}
 
     # -- discriminator inputs ----------------------------------------------------------------------
     def pair(self, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:

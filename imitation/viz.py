@@ -121,27 +121,24 @@ def patch_reward_map(frame: np.ndarray, patch_values: np.ndarray | torch.Tensor,
 def side_by_side(expert_maps: Sequence[np.ndarray], agent_maps: Sequence[np.ndarray], *, scale: int = 1,
                  gap: int = 2) -> np.ndarray:
     """Figure 1's layout: expert maps on the top row, agent maps below, uint8 [H', W', 3] with
-    white gaps; ``scale`` upsamples each pixel to scale x scale for viewing."""
+    white gaps (the world model's ``frame_grid``); a row with fewer maps is padded with black
+    tiles; ``scale`` upsamples each pixel to scale x scale for viewing."""
+    from world_model.viz import frame_grid
+
     rows = [list(expert_maps), list(agent_maps)]
     if not rows[0] and not rows[1]:
         raise ValueError("side_by_side needs at least one map")
-    tiles = [m for row in rows for m in row]
-    shape = np.asarray(tiles[0]).shape
+    tiles = [np.asarray(m) for row in rows for m in row]
+    shape = tiles[0].shape
     for m in tiles:
-        if np.asarray(m).shape != shape or np.asarray(m).dtype != np.uint8 or len(shape) != 3 or shape[2] != 3:
-            raise ValueError(f"maps must all be uint8 [H, W, 3] of one size; got {np.asarray(m).shape} "
-                             f"{np.asarray(m).dtype} and {shape}")
-    h, w = shape[0] * scale, shape[1] * scale
+        if m.shape != shape or m.dtype != np.uint8 or len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"maps must all be uint8 [H, W, 3] of one size; got {m.shape} {m.dtype} and {shape}")
     cols = max(len(rows[0]), len(rows[1]))
-    out = np.full((2 * h + gap, cols * w + (cols - 1) * gap, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for c in range(cols):
-            y, x = r * (h + gap), c * (w + gap)
-            if c < len(row):
-                out[y:y + h, x:x + w] = np.asarray(row[c]).repeat(scale, 0).repeat(scale, 1)
-            else:
-                out[y:y + h, x:x + w] = 0
-    return out
+    blank = np.zeros(shape, np.uint8)
+    grid = np.stack([np.stack([np.asarray(row[c]) if c < len(row) else blank for c in range(cols)])
+                     for row in rows])  # [2, cols, H, W, 3]
+    grid = grid.repeat(scale, axis=2).repeat(scale, axis=3)
+    return frame_grid(grid.transpose(0, 1, 4, 2, 3), gap=gap)
 
 
 def write_png(image: np.ndarray, path: str | Path) -> Path:
@@ -204,21 +201,30 @@ def transition_inputs(obs: np.ndarray, frame_stack: int, pair: bool) -> torch.Te
     return normalize_image(x)
 
 
-def batch_figure(disc: PatchDiscriminator, expert_x: torch.Tensor, agent_x: torch.Tensor,
-                 expert_frames: torch.Tensor | np.ndarray, agent_frames: torch.Tensor | np.ndarray,
+def shared_vmax(values: Sequence[np.ndarray], height: int, width: int, geometry: PatchGeometry) -> float:
+    """One colour scale for several sets of patch values [N, P, P]: the largest |pixel value| of
+    their maps, so expert and agent maps are comparable."""
+    return max((float(np.abs(patch_value_map(v, height, width, geometry)).max()) for v in values if len(v)),
+               default=0.0)
+
+
+def batch_figure(disc: PatchDiscriminator, expert_x: torch.Tensor, agent_x: torch.Tensor | None,
+                 expert_frames: torch.Tensor | np.ndarray, agent_frames: torch.Tensor | np.ndarray | None,
                  transform_kind: TransformKind = "logit", scale: int | None = None) -> np.ndarray:
-    """Figure-1 image for sampled batches (e.g. an agent's ``visualize`` at eval time):
-    discriminator inputs float [0, 1] [N, C', H, W] and the frames to draw on, uint8 [N, C, H, W]
-    (C = 1 or 3, typically the last frame of s'). Expert row on top, one colour scale."""
-    values = {"expert": patch_values(disc, expert_x, transform_kind).numpy(),
-              "agent": patch_values(disc, agent_x, transform_kind).numpy()}
-    frames = {"expert": np.asarray(torch.as_tensor(expert_frames).cpu()),
-              "agent": np.asarray(torch.as_tensor(agent_frames).cpu())}
+    """Figure-1 image for sampled batches (an agent's ``visualize`` at eval time): discriminator
+    inputs float [0, 1] [N, C', H, W] and the frames to draw on, uint8 [N, C, H, W] (C = 1 or 3,
+    typically the last frame of s'). Expert row on top, one colour scale; ``agent_x`` None
+    leaves the agent row black (no agent data yet)."""
+    values, frames = {}, {}
+    for name, x, f in (("expert", expert_x, expert_frames), ("agent", agent_x, agent_frames)):
+        if x is not None and x.shape[0] > 0:
+            values[name] = patch_values(disc, x, transform_kind).numpy()
+            frames[name] = list(np.asarray(torch.as_tensor(f).cpu()))
     geometry = disc.geometry()
     height, width = expert_x.shape[-2:]
-    vmax = max(float(np.abs(patch_value_map(v, height, width, geometry)).max()) for v in values.values())
-    maps = {k: maps_for_frames(list(frames[k]), values[k], geometry, vmax) for k in values}
-    return side_by_side(maps["expert"], maps["agent"], scale=scale or max(1, 128 // height))
+    vmax = shared_vmax(list(values.values()), height, width, geometry)
+    maps = {k: maps_for_frames(frames[k], values[k], geometry, vmax) for k in values}
+    return side_by_side(maps.get("expert", []), maps.get("agent", []), scale=scale or max(1, 128 // height))
 
 
 @dataclass
@@ -294,8 +300,7 @@ def comparison_frames(run: PatchRun, expert_obs: np.ndarray, agent_obs: np.ndarr
     values = {"expert": run.values(expert_obs, transform_kind, times),
               "agent": run.values(agent_obs, transform_kind, times)}
     geometry = run.disc.geometry()
-    height, width = run.obs_shape[1:]
-    vmax = max(float(np.abs(patch_value_map(v, height, width, geometry)).max()) for v in values.values())
+    vmax = shared_vmax(list(values.values()), *run.obs_shape[1:], geometry)
     return (maps_for_frames([expert_obs[t + 1] for t in times], values["expert"], geometry, vmax),
             maps_for_frames([agent_obs[t + 1] for t in times], values["agent"], geometry, vmax))
 

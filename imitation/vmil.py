@@ -141,9 +141,11 @@ class VMILAgent:
             torch.cuda.synchronize(self.device)
         self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
 
-    def disc_features(self, feat: torch.Tensor) -> torch.Tensor:
-        """The part of model features [..., stoch + deter] the discriminator reads."""
-        return feat[..., :self.cfg.model.stoch] if self.disc_stoch_only else feat
+    def disc_features(self, state: State) -> torch.Tensor:
+        """The latent features [..., F] of ``state`` the discriminator reads (``disc.features``,
+        ``disc.latent``)."""
+        z = state.mean if self.cfg.disc.latent == "mean" else state.stoch
+        return z if self.disc_stoch_only else torch.cat([z, state.deter], -1)
 
     def _norm_action(self, action: torch.Tensor) -> torch.Tensor:
         """Env action range -> [-1, 1], the actor's range."""
@@ -218,13 +220,13 @@ class VMILAgent:
         world model, discriminator and critic frozen)."""
         b, c = self.cfg.behavior, self.cfg.disc
         with self._autocast():
-            _, feats, actions, log_prob = imagine(self.wm.rssm, self.ac.actor, start, b.horizon,
-                                                  with_log_prob=b.entropy > 0)
-            z = self.disc_features(feats)
+            states, feats, actions, log_prob = imagine(self.wm.rssm, self.ac.actor, start, b.horizon,
+                                                       with_log_prob=b.entropy > 0)
+            z = self.disc_features(states)
             logit = self.disc.transition_logit(z[:-1], actions, z[1:])
             reward = reward_from_logit(logit.float(), c.reward, c.reward_scale)
             loss, returns, weights, metrics = self.ac.actor_loss(feats, reward, log_prob)
-        return feats, actions, reward, loss, returns, weights, metrics
+        return z, feats, actions, reward, loss, returns, weights, metrics
 
     def update(self, batch: SequenceBatch, expert: SequenceBatch, step: int) -> dict[str, float]:
         if batch is None or expert is None:
@@ -256,12 +258,12 @@ class VMILAgent:
             m.update({f"model/{k}": v for k, v in wm_metrics.items()})
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
         post = post.detach()
-        feat_expert = self.disc_features(self.wm.rssm.feat(post.map(lambda x: x[B:])))
+        z_expert = self.disc_features(post.map(lambda x: x[B:]))
 
         # Imagination from every agent posterior state; the actor learns through dynamics and reward.
         with self._part("imagination"):
             with frozen(self.wm, self.disc, self.ac.critic):
-                feats, actions, reward, actor_loss, returns, weights, am = self._behavior_fn(
+                z_imagined, feats, actions, reward, actor_loss, returns, weights, am = self._behavior_fn(
                     post.map(lambda x: x[:B]).flatten())
         with self._part("actor"):
             out = optimize(actor_loss, self.opt_actor, self.ac.actor.parameters(), cfg.grad_clip)
@@ -279,8 +281,14 @@ class VMILAgent:
 
         # Discriminator: expert posterior transitions (real) vs imagined agent transitions (fake).
         with self._part("discriminator"):
-            dm, skip = self._disc_update(feat_expert, expert_action.detach(), expert.is_first.to(dev),
-                                         self.disc_features(feats.detach()), actions.detach(), step)
+            if cfg.disc.agent_source == "replay":
+                x_agent, w_agent = sequence_transitions(self.disc_features(post.map(lambda x: x[:B])),
+                                                        self._norm_action(batch.action), batch.is_first.to(dev),
+                                                        self.disc.inputs)
+                x_agent = x_agent[w_agent > 0]
+            else:
+                x_agent = imagined_transitions(z_imagined.detach(), actions.detach(), self.disc.inputs)
+            dm, skip = self._disc_update(z_expert, expert_action.detach(), expert.is_first.to(dev), x_agent, step)
             m.update(dm)
             skipped += skip
         self.updates += 1
@@ -291,13 +299,17 @@ class VMILAgent:
         metrics["skipped"] = float(skipped)
         return metrics
 
-    def _disc_update(self, feat_e: torch.Tensor, action_e: torch.Tensor, first_e: torch.Tensor,
-                     feats: torch.Tensor, actions: torch.Tensor, step: int) -> tuple[dict[str, Any], float]:
+    def _disc_update(self, z_e: torch.Tensor, action_e: torch.Tensor, first_e: torch.Tensor,
+                     x_agent: torch.Tensor, step: int) -> tuple[dict[str, Any], float]:
+        """One discriminator step: expert posterior transitions (real) against a random subset of
+        the agent transitions ``x_agent`` [N, in_dim] (fake)."""
         c = self.cfg.disc
-        x_e, w_e = sequence_transitions(feat_e, action_e, first_e, self.disc.inputs)
-        H, N = actions.shape[:2]
-        idx = torch.randint(H * N, (c.agent_samples or x_e.shape[0],), device=self.device)
-        x_a = imagined_transitions(feats, actions, self.disc.inputs, idx)
+        x_e, w_e = sequence_transitions(z_e, action_e, first_e, self.disc.inputs)
+        if x_agent.shape[0] == 0:
+            raise ValueError("the agent batch holds no transitions (every step starts an episode); "
+                             "agent.seq_len must be >= 2 and episodes longer than one step")
+        idx = torch.randint(x_agent.shape[0], (c.agent_samples or x_e.shape[0],), device=self.device)
+        x_a = x_agent[idx]
         std = linear_schedule(step, c.noise_std, c.noise_final_std, c.noise_anneal_steps)
         with self._autocast():
             losses, weights, logit_e, logit_a = discriminator_losses(

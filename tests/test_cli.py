@@ -149,3 +149,93 @@ def test_envs_listing(capsys, tmp_path):
     spec = json.loads(capsys.readouterr().out)
     assert spec["obs_shape"] == [3, 64, 64] and spec["action_dim"] == 2 and png.stat().st_size > 0
     _fails(capsys, ["envs", "show", "toy:nope"], "unknown toy task")
+
+
+@pytest.mark.parametrize("env_id", ["toy:reach", "dmc:cartpole_swingup", "gym:CartPole-v1", "gym:Hopper-v5",
+                                    "sawyer:peg_insert", "baoding:ccw"])
+def test_demos_record_takes_env_settings_from_the_training_config(env_id):
+    """Without flags, `vmil demos record` records with exactly the env settings `vmil train` resolves
+    (env family yaml; with --algo, the algorithm's preset too), so its demos always load in training.
+    Only the config is resolved here: no env is built."""
+    from vmil.cli import _env_settings_for, build_parser
+    from vmil.config import resolve, resolve_env
+    from vmil.registry import ALGOS, algo_module
+
+    def settings(*extra: str) -> dict:
+        args = build_parser().parse_args(["demos", "record", "--env", env_id, "--expert", "scripted",
+                                          "--episodes", "1", "--out", "x", *extra])
+        return _env_settings_for(args)
+
+    def expected(env) -> dict:
+        return {"image_size": env.image_size, "action_repeat": env.action_repeat, "grayscale": env.grayscale,
+                "camera": env.camera or None, "fast_render": env.fast_render, "proprio": env.proprio}
+
+    family = yaml_env(env_id)
+    got = settings()
+    assert got == expected(resolve_env(env_id, "cpu"))
+    for key in ("action_repeat", "camera", "proprio"):
+        if key in family:
+            assert got[key] == family[key], (key, got)
+    for algo in sorted(ALGOS):
+        for preset in ("smoke", "paper"):
+            env = resolve(algo, algo_module(algo).Config, env_id, preset).env
+            assert settings("--algo", algo, "--preset", preset) == expected(env), (algo, preset)
+    flagged = settings("--algo", "vmil", "--image-size", "32", "--action-repeat", "3", "--camera", "1",
+                       "--no-proprio", "--grayscale")
+    assert flagged == {**expected(resolve("vmil", algo_module("vmil").Config, env_id).env), "image_size": 32,
+                       "action_repeat": 3, "camera": "1", "proprio": False, "grayscale": True}
+
+
+def yaml_env(env_id: str) -> dict:
+    import yaml
+
+    from vmil.config import configs_root
+
+    data = yaml.safe_load((configs_root() / "env" / f"{env_id.split(':')[0]}.yaml").read_text())
+    return data["defaults"]["env"]
+
+
+def test_recorded_demos_fit_training_without_flags(capsys, tmp_path):
+    """gym's family yaml says action repeat 1 (its SAC experts were trained at 1): demos recorded
+    without --algo or flags carry it, and BC trains on them."""
+    demos = tmp_path / "demos"
+    assert main(["demos", "record", "--env", "gym:CartPole-v1", "--expert", "scripted", "--episodes", "2",
+                 "--out", str(demos), "--keep-actions", "--max-episode-steps", "6"]) == 0
+    capsys.readouterr()
+    assert main(["demos", "inspect", str(demos), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["meta"]["action_repeat"] == 1 and info["obs_shape"] == [3, 64, 64] and info["state_dim"] == 0
+    assert main(_train(demos, tmp_path / "run", "train.offline_updates=2", "train.eval_every=2",
+                       env="gym:CartPole-v1")) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["updates"] == 2
+
+
+def test_demos_record_proprio_flag(capsys, tmp_path):
+    demos = tmp_path / "demos"
+    assert main(["demos", "record", "--env", "toy:reach", "--expert", "scripted", "--episodes", "1",
+                 "--out", str(demos), "--proprio"]) == 0
+    capsys.readouterr()
+    assert main(["demos", "inspect", str(demos), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state_dim"] == 2
+
+
+def test_demos_record_expert_options(capsys, tmp_path):
+    out = str(tmp_path / "demos")
+    base = ["demos", "record", "--env", "toy:reach", "--episodes", "1", "--out", out]
+    _fails(capsys, [*base, "--expert", "scripted", "samples=8"], "expert scripted takes no options")
+    _fails(capsys, [*base, "--expert", "mpc", "sampels=8"], "unknown mpc expert option 'sampels'",
+           "did you mean samples?", "horizon=10")
+    _fails(capsys, [*base, "--expert", "mpc", "samples=8.5"], "samples must be an integer")
+    _fails(capsys, [*base, "--expert", "mpc", "model.samples=8"], "plain key=value")
+    # Valid options pass the checks and reach the expert factory, which toy does not have.
+    _fails(capsys, [*base, "--expert", "mpc", "samples=8", "horizon=3"], "has no mpc expert")
+    assert not Path(out).exists() or not any(Path(out).glob("*.npz"))
+
+
+def test_bench_env_flags(capsys):
+    assert main(["bench", "env", "--env", "toy:reach", "--image-size", "16", "--steps", "2", "--workers", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["env_id"] == "toy:reach" and out["settings"]["image_size"] == 16
+    assert out["settings"]["steps"] == 2 and out["settings"]["workers"] == 1
+    assert out["fps_fast_1workers"] > 0 and "fps_fast_2workers" not in out
+    _fails(capsys, ["bench", "replay", "--workers", "2"], "--workers does not apply")

@@ -160,3 +160,25 @@ def test_env_settings_without_an_algorithm():
     assert env.action_repeat == dmc["defaults"]["env"]["action_repeat"]
     with pytest.raises(ConfigError, match="unknown preset"):
         resolve_env("toy:reach", "fast")
+
+
+def test_proprio_is_an_env_setting_on_for_baoding():
+    from vmil.config import resolve_env
+
+    assert resolve_env("baoding:ccw", "cpu").proprio is True
+    assert resolve_env("dmc:cheetah_run", "cpu").proprio is False
+    from imitation.bc import Config
+
+    cfg = resolve("bc", Config, "toy:reach", "smoke", ["env.proprio=true"])
+    assert cfg.env.proprio is True
+
+
+def test_removed_num_workers_key():
+    """env.num_workers was never read by the runner; saved configs holding its old default still
+    load, any other value is refused with the reason."""
+    from imitation.bc import Config
+    from vmil.config import EnvConfig
+
+    assert from_dict(EnvConfig, {"id": "toy:reach", "num_workers": 1}) == EnvConfig(id="toy:reach")
+    with pytest.raises(ConfigError, match="env.num_workers' was removed: the runner collects with one env"):
+        resolve("bc", Config, "toy:reach", "smoke", ["env.num_workers=2"])

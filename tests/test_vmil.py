@@ -176,6 +176,21 @@ def test_zero_expert_actions_option_and_param_penalty():
     assert metrics["skipped"] == 0.0 and "model/idm" not in metrics and math.isfinite(metrics["disc/penalty"])
 
 
+
+def test_disc_latent_mean_and_replay_agent_source():
+    agent = build(False, disc=DiscriminatorConfig(units=16, layers=1, latent="mean", agent_source="replay"))
+    state = agent.wm.rssm.initial(2)
+    state = state._replace(mean=torch.full_like(state.mean, 0.5), stoch=torch.full_like(state.stoch, -3.0))
+    assert torch.equal(agent.disc_features(state), state.mean)  # stoch-only features, the mean not the sample
+    # With agent_source=replay the discriminator's fake side are the agent batch's posterior
+    # transitions: a batch whose only transitions cross episode starts leaves nothing to sample.
+    batch = make_batch(3, 6, True)
+    metrics = agent.update(batch, make_batch(2, 6, False, seed=1), step=0)
+    assert metrics["skipped"] == 0.0 and math.isfinite(metrics["disc/loss"])
+    all_first = batch._replace(is_first=torch.ones_like(batch.is_first))
+    with pytest.raises(ValueError, match="no transitions"):
+        agent.update(all_first, make_batch(2, 6, False, seed=1), step=1)
+
 def test_non_finite_update_is_skipped_without_touching_weights():
     agent = build(False)
     with torch.no_grad():

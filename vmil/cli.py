@@ -107,8 +107,10 @@ def cmd_envs_show(args: argparse.Namespace) -> int:
 
 
 def _env_settings_for(args: argparse.Namespace) -> dict[str, Any]:
-    """Image size, action repeat, grayscale and camera: given flags win, then the algorithm's preset
-    (``--algo``), then the env family's preset (``configs/env``)."""
+    """The env settings demos are recorded with: the same resolution as `vmil train` (size preset,
+    the algorithm's layer with ``--algo``, then ``configs/env/<family>.yaml``), then the flags given.
+    So demos recorded without flags always fit the runs that will use them (e.g. baoding's and
+    gym's action repeat 1, baoding's proprioception)."""
     from vmil.config import resolve, resolve_env
     from vmil.registry import algo_module
 
@@ -117,20 +119,36 @@ def _env_settings_for(args: argparse.Namespace) -> dict[str, Any]:
     else:
         env = resolve_env(args.env, args.preset)
     settings: dict[str, Any] = {"image_size": env.image_size, "action_repeat": env.action_repeat,
-                                "grayscale": env.grayscale, "camera": env.camera or None}
-    for key in settings:
-        value = getattr(args, key)
-        if value is not None and value is not False:
-            settings[key] = value
+                                "grayscale": env.grayscale, "camera": env.camera or None,
+                                "fast_render": env.fast_render, "proprio": env.proprio}
+    for key in ("image_size", "action_repeat", "camera", "proprio"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.grayscale:
+        settings["grayscale"] = True
     return settings
+
+
+def _expert_options(args: argparse.Namespace) -> dict[str, Any]:
+    from vmil.config import merge, parse_override
+    from vmil.experts import check_expert_options
+
+    options: dict[str, Any] = {}
+    for text in args.expert_options:
+        if "." in text.split("=", 1)[0]:
+            raise UsageError("vmil demos record", f"expert option '{text}' must be a plain key=value, e.g. samples=200")
+        options = merge(options, parse_override(text))
+    return check_expert_options(args.expert, options)
 
 
 def cmd_demos_record(args: argparse.Namespace) -> int:
     from vmil.data.episode import format_demo_info
     from vmil.demos import record
 
+    options = _expert_options(args)  # checked before any env is built
     info = record(args.env, args.expert, args.episodes, args.out, keep_actions=args.keep_actions,
-                  seed=args.seed, max_episode_steps=args.max_episode_steps, **_env_settings_for(args))
+                  seed=args.seed, max_episode_steps=args.max_episode_steps, expert_options=options,
+                  **_env_settings_for(args))
     print(format_demo_info(info))
     return 0
 
@@ -218,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # Flags each benchmark accepts (flag -> keyword); only flags given on the command line are passed,
 # so every benchmark keeps its own defaults.
 BENCH_FLAGS = {
-    "env": {"env": "env_id", "image_size": "image_size", "steps": "steps"},
+    "env": {"env": "env_id", "image_size": "image_size", "steps": "steps", "workers": "workers"},
     "replay": {"device": "device", "image_size": "image_size"},
     "vmil": {"preset": "preset", "batch": "batch", "seq": "seq", "device": "device", "threads": "threads",
              "updates": "updates", "amp": "amp", "compile": "compile"},
@@ -316,7 +334,10 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("demos", help="record and inspect expert demonstrations")
     demos = s.add_subparsers(dest="demos_command", metavar="{record,inspect}", parser_class=Parser, required=True)
-    r = demos.add_parser("record", help="record expert episodes (observation-only unless --keep-actions)")
+    r = demos.add_parser("record", help="record expert episodes (observation-only unless --keep-actions)",
+                         description="Env settings (image size, action repeat, camera, grayscale, proprio) "
+                                     "come from the same config resolution as `vmil train` (configs/env/"
+                                     "<family>.yaml; with --algo, that algorithm's preset too); flags win.")
     r.add_argument("--env", required=True, help="env id, e.g. dmc:cartpole_swingup")
     r.add_argument("--expert", required=True, help="scripted, mpc, or a SAC checkpoint path")
     r.add_argument("--episodes", type=int, required=True)
@@ -325,15 +346,21 @@ def build_parser() -> Parser:
     actions.add_argument("--keep-actions", action="store_true", help="store the expert's actions (BC, BCO)")
     actions.add_argument("--no-actions", dest="keep_actions", action="store_false",
                          help="observation-only demos (the default)")
-    r.add_argument("--algo", help="use the image size, action repeat, grayscale and camera of this "
-                                  "algorithm's preset")
+    r.add_argument("--algo", help="take the env settings from this algorithm's resolved config (e.g. "
+                                  "image size 64 for vmil, 84 for patchail), as `vmil train --algo` will")
     r.add_argument("--preset", default="cpu", help="preset whose env settings to use (default: cpu)")
-    r.add_argument("--image-size", type=int, default=None, help="square frame size (default: the preset's)")
-    r.add_argument("--action-repeat", type=int, default=None, help="default: the preset's")
-    r.add_argument("--camera", default=None)
-    r.add_argument("--grayscale", action="store_true", default=False)
+    r.add_argument("--image-size", type=int, default=None, help="square frame size (default: the config's)")
+    r.add_argument("--action-repeat", type=int, default=None, help="default: the config's (env family yaml)")
+    r.add_argument("--camera", default=None, help="default: the config's")
+    r.add_argument("--grayscale", action="store_true", default=False, help="default: the config's")
+    r.add_argument("--proprio", action=argparse.BooleanOptionalAction, default=None,
+                   help="store proprioceptive state (default: the config's env.proprio; on for baoding)")
     r.add_argument("--max-episode-steps", type=int, default=0, help="0: the env's default")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("expert_options", nargs="*", metavar="key=value",
+                   help="expert options; --expert mpc takes horizon=10 (control steps) samples=100 kappa=20 "
+                        "sigma=0.9 beta=0.6 threads=1 seed=0 timestep=0.005 (planning physics step; null: "
+                        "the env's). Cost per step grows with samples x horizon")
     r.set_defaults(fn=cmd_demos_record)
     i = demos.add_parser("inspect", help="episodes, lengths, returns, shapes, actions, metadata")
     i.add_argument("dir")
@@ -380,8 +407,10 @@ def build_parser() -> Parser:
                                    "per frame and batches/s; vmil / patchail: update time and FLOP/s.")
     b.add_argument("what", choices=("env", "replay", "vmil", "patchail"))
     b.add_argument("--env", default=None, help="env: env id (default dmc:cheetah_run)")
-    b.add_argument("--image-size", type=int, default=None, help="env, replay, patchail")
-    b.add_argument("--steps", type=int, default=None, help="env: agent steps to time")
+    b.add_argument("--image-size", type=int, default=None, help="env (default 84), replay, patchail")
+    b.add_argument("--steps", type=int, default=None, help="env: agent steps to time (default 300)")
+    b.add_argument("--workers", type=int, default=None,
+                   help="env: worker processes of the vectorised measurement (default 2, one env each)")
     b.add_argument("--preset", default=None, help="vmil: model size preset (default paper)")
     b.add_argument("--batch", type=int, default=None, help="vmil, patchail: batch size")
     b.add_argument("--seq", type=int, default=None, help="vmil: sequence length")

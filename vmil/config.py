@@ -45,7 +45,17 @@ class EnvConfig:
     fast_render: bool = doc(True, "Cheap rendering (no shadow map, no multisampling): ~5x faster frames.")
     grayscale: bool = doc(False, "Convert frames to one grayscale channel.")
     max_episode_steps: int = doc(0, "Agent steps per episode; 0 for the env's default.")
-    num_workers: int = doc(1, "Worker processes for data collection (1: in-process).")
+    proprio: bool = doc(False, "Also return proprioceptive state (TimeStep.state, stored as 'state' in "
+                               "episodes); baoding's preset turns it on (image + hand proprioception).")
+
+
+# Keys that were removed, with the only value old saved configs can hold (the old default, which
+# never changed behaviour): run directories and checkpoints written before the removal still load,
+# while a user who sets such a key gets told that it is gone.
+REMOVED_KEYS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("EnvConfig", "num_workers"): (1, "the runner collects with one env in its own process; worker "
+                                      "processes are used by `vmil bench env --workers N` only"),
+}
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,11 @@ def from_dict(cls: type, data: dict[str, Any], path: str = "", agent_cls: type |
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
+        removed = REMOVED_KEYS.get((cls.__name__, key))
+        if key not in fields and removed is not None:
+            if value == removed[0]:
+                continue
+            raise ConfigError(f"config key '{path + '.' if path else ''}{key}' was removed: {removed[1]}")
         if key not in fields:
             raise unknown_key_error(key, sorted(fields), path)
         sub = f"{path}.{key}" if path else key

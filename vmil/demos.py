@@ -17,9 +17,14 @@ class DemosError(ValueError):
 def record(env_id: str, expert: str, episodes: int, out: str | Path, *, keep_actions: bool = False,
            image_size: int = 64, action_repeat: int = 2, seed: int = 0, camera: str | int | None = None,
            grayscale: bool = False, fast_render: bool = True, max_episode_steps: int = 0,
+           proprio: bool | None = None, expert_options: dict[str, Any] | None = None,
            quiet: bool | None = None) -> Any:
     """Roll out ``expert`` ("scripted", "mpc" or a SAC checkpoint path) for ``episodes`` episodes and
-    write one ``.npz`` per episode to ``out``. Returns the demos' :class:`DemoInfo`."""
+    write one ``.npz`` per episode to ``out``. Returns the demos' :class:`DemoInfo`.
+
+    ``proprio`` None keeps the family's default (on for baoding). ``expert_options`` go to the
+    expert (e.g. ``{"samples": 200, "horizon": 10}`` for MPC). `vmil demos record` takes every env
+    setting from the same config resolution as `vmil train` (:func:`vmil.config.resolve_env`)."""
     from tqdm import tqdm
 
     from vmil import envs
@@ -33,10 +38,12 @@ def record(env_id: str, expert: str, episodes: int, out: str | Path, *, keep_act
         raise DemosError(f"{out} is a file; --out must be a directory")
     if out.is_dir() and any(out.glob("*.npz")):
         raise DemosError(f"{out} already holds episodes; choose another --out or delete them first")
+    family_options = {} if proprio is None else {"proprio": bool(proprio)}
     env = envs.make(env_id, image_size=image_size, action_repeat=action_repeat, seed=seed, camera=camera,
-                    fast_render=fast_render, grayscale=grayscale, max_episode_steps=max_episode_steps)
+                    fast_render=fast_render, grayscale=grayscale, max_episode_steps=max_episode_steps,
+                    **family_options)
     try:
-        policy = make_expert(expert, env)
+        policy = make_expert(expert, env, **(expert_options or {}))
         source = expert if expert in ("scripted", "mpc") else f"sac:{Path(expert).name}"
         builder = EpisodeBuilder(env.spec, meta={"source": f"expert:{source}", "seed": seed})
         recorded = []

@@ -124,7 +124,7 @@ def reward_along(agent: Any, batch: SequenceBatch) -> np.ndarray:
     embed = wm.encode(preprocess_image(b.obs), agent.proprio(b))
     action = agent.sequence_actions(b, embed)
     post, _ = wm.rssm.observe(embed, action, b.is_first, sample=False)
-    z = agent.disc_features(wm.rssm.feat(post))
+    z = agent.disc_features(post)
     logit = agent.disc.transition_logit(z[:, :-1], action[:, 1:], z[:, 1:])
     return reward_from_logit(logit, agent.cfg.disc.reward, agent.cfg.disc.reward_scale).cpu().numpy()
 

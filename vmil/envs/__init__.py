@@ -102,6 +102,17 @@ def make(env_id: str, *, image_size: int = 64, action_repeat: int = 2, seed: int
                        max_episode_steps=max_episode_steps, render=render, **options)
 
 
+def from_config(cfg: Any, seed: int, **overrides: Any):
+    """Build the env an :class:`vmil.config.EnvConfig` describes. Training, evaluation and demo
+    recording all build their envs here, so every setting (image size, repeat, camera, grayscale,
+    proprioception, ...) means the same thing in each and demos match the runs that use them."""
+    kwargs: dict[str, Any] = {"image_size": cfg.image_size, "action_repeat": cfg.action_repeat,
+                              "camera": cfg.camera or None, "fast_render": cfg.fast_render,
+                              "grayscale": cfg.grayscale, "max_episode_steps": cfg.max_episode_steps,
+                              "proprio": cfg.proprio}
+    return make(cfg.id, seed=seed, **{**kwargs, **overrides})
+
+
 def list_families() -> dict[str, dict[str, Any]]:
     """family -> {"available", "reason" (why not), "install" (the pip command), "num_tasks"}.
 
