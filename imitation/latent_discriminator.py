@@ -3,7 +3,9 @@ binary cross-entropy (expert = 1), Gaussian input noise and a gradient penalty; 
 transforms and schedules beside it.
 
 Inputs (``inputs``): ``zaz`` = (z_t, a_t, z_t+1) (the paper), ``za`` = (z_t, a_t) (the public code),
-``zz`` = (z_t, z_t+1) (state-only, for demos without actions).
+``zz`` = (z_t, z_t+1) (state-only, for demos without actions), ``z`` = z_t+1 alone (state occupancy:
+no transition cue such as "the state does not change", which an expert resting at its goal shares
+with an agent pinned against a wall).
 """
 from __future__ import annotations
 
@@ -17,15 +19,15 @@ from torch import nn
 from vmil.config import ConfigError, doc
 from world_model.networks import mlp
 
-INPUTS = ("zaz", "za", "zz")
+INPUTS = ("zaz", "za", "zz", "z")
 REWARD_FORMS = ("prob", "log", "logit")
 
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    inputs: Literal["auto", "zaz", "za", "zz"] = doc(
+    inputs: Literal["auto", "zaz", "za", "zz", "z"] = doc(
         "auto", "Discriminator input: auto = (z, a, z') when the demos have actions, else (z, z'); "
-                "zaz = (z, a, z'); za = (z, a); zz = (z, z'). With za/zaz on observation-only demos the "
+                "zaz = (z, a, z'); za = (z, a); zz = (z, z'); z = z' alone (state occupancy). With za/zaz on observation-only demos the "
                 "expert's actions come from the inverse-dynamics model.")
     features: Literal["auto", "full", "stoch"] = doc(
         "auto", "Latent features the discriminator reads: full = (stoch, deter); stoch = the stochastic state "
@@ -77,11 +79,13 @@ def disc_input(z: torch.Tensor, a: torch.Tensor | None, z_next: torch.Tensor | N
         parts = (z, a)
     elif inputs == "zz":
         parts = (z, z_next)
+    elif inputs == "z":
+        parts = (z_next,)
     else:
         raise ValueError(f"discriminator inputs must be one of {INPUTS}, got {inputs!r}")
     if any(p is None for p in parts):
         raise ValueError(f"discriminator inputs {inputs!r} need " + {"zaz": "z, a and z'", "za": "z and a",
-                                                                      "zz": "z and z'"}[inputs])
+                                                                      "zz": "z and z'", "z": "z'"}[inputs])
     return torch.cat(parts, -1)
 
 
@@ -91,7 +95,8 @@ class LatentDiscriminator(nn.Module):
         if inputs not in INPUTS:
             raise ValueError(f"discriminator inputs must be one of {INPUTS}, got {inputs!r}")
         self.inputs = inputs
-        self.in_dim = {"zaz": 2 * feat_dim + action_dim, "za": feat_dim + action_dim, "zz": 2 * feat_dim}[inputs]
+        self.in_dim = {"zaz": 2 * feat_dim + action_dim, "za": feat_dim + action_dim, "zz": 2 * feat_dim,
+                       "z": feat_dim}[inputs]
         self.net = mlp(self.in_dim, 1, units, layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,9 @@ Choices (stated because the public code differs):
 - The discriminator sees expert_batch_size expert and as many agent pairs per update (the public
   code's batch // 2 each); one random shift per (s, s') pair, so both frames move together.
 - The mean expert patch distribution for Sim comes from the expert batch, not a whole demo.
+- The discriminator (its step, gradient penalty and the reward pass) runs in bf16 autocast where
+  the device computes bf16 natively (``disc_precision=auto``): the convolutions are about 2x
+  faster on this project's CPU and rewards differ from fp32 by well under 1%; the learner stays fp32.
 - The gradient penalty (weight 10, per sample, w.r.t. [0, 1] pixels) constrains the gradient of
   each sample's *mean* patch logit by default. Constraining the patch *sum* (``gp_reduce=sum``)
   asks every one of the P x P patches for a P^2 times smaller slope; on toy:reach it pinned the
@@ -37,6 +40,7 @@ Choices (stated because the public code differs):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -86,6 +90,14 @@ class Config(drqv2.Config):
     bc_scale: float = doc(0.03, "patchail-bc: scale of the BC negative log-likelihood (the public code).")
     bc_std: float = doc(0.1, "patchail-bc: std of the Gaussian whose log-likelihood of expert actions is the BC loss.")
     sqil_expert_reward: float = doc(1.0, "sqil: reward of each expert step (agent steps get 0).")
+    disc_precision: Literal["auto", "bf16", "fp32"] = doc(
+        "auto", "Discriminator step and reward pass in bf16 autocast (weights stay fp32) or fp32; auto: bf16 "
+        "where the device computes it natively (CUDA with bf16, CPUs with avx512_bf16/AMX), about 2x faster "
+        "convolutions there; fp32 elsewhere, where bf16 is emulated and slower.")
+    disc_warmup: int = doc(
+        0, "Updates at the start that train only the discriminator (0: none, the paper). An untrained "
+        "discriminator's reward carries no signal, and the actor follows the random critic's action "
+        "gradient into tanh saturation, from which it does not recover (seen on toy:reach).")
 
 
 def effective_steps(discount: torch.Tensor, gamma: float, nstep: int) -> torch.Tensor:
@@ -145,7 +157,10 @@ class ImitationAgent:
         if self.disc is not None:
             self.disc.to(device, memory_format=self.rl.memory_format)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, **drqv2._fast_adam())
+        self.disc_bf16 = cfg.bf16 or cfg.disc_precision == "bf16" or (cfg.disc_precision == "auto"
+                                                                     and native_bf16(device))
         self.sim_scale = 0.0  # lambda of PatchAIL-W/-B, set at the first update
+        self.disc_updates = 0  # discriminator steps so far: counts off cfg.disc_warmup
 
     @property
     def timings(self) -> dict[str, float] | None:
@@ -161,7 +176,7 @@ class ImitationAgent:
         return self.rl.act(obs, state, explore)
 
     def state_dict(self) -> dict[str, Any]:
-        out = {"rl": self.rl.state_dict(), "sim_scale": self.sim_scale}
+        out = {"rl": self.rl.state_dict(), "sim_scale": self.sim_scale, "disc_updates": self.disc_updates}
         if self.disc is not None:
             out.update(disc=self.disc.state_dict(), disc_opt=self.disc_opt.state_dict())
         return out
@@ -169,6 +184,7 @@ class ImitationAgent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rl.load_state_dict(state["rl"])
         self.sim_scale = float(state["sim_scale"])
+        self.disc_updates = int(state["disc_updates"])
         if self.disc is not None:
             if "disc" not in state:
                 raise KeyError(f"{self.cfg.variant} checkpoint has no discriminator; was it saved by another variant?")
@@ -216,8 +232,14 @@ class ImitationAgent:
         with torch.no_grad(), self.rl.autocast():
             return self.rl.critic.trunk(self.rl.encoder(x)).float()
 
+    def disc_autocast(self):
+        """bf16 autocast for the discriminator's convolutions (``disc_precision``)."""
+        if not self.disc_bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def disc_logits(self, x: torch.Tensor) -> torch.Tensor:
-        with self.rl.autocast():
+        with self.disc_autocast():
             return self.disc(x).float()
 
     # -- the update ------------------------------------------------------------------------------
@@ -247,6 +269,11 @@ class ImitationAgent:
                 h_next = rl.encode(rl.augment(batch.next_obs))
         with rl.timed("discriminator"):
             metrics = self.update_discriminator(batch, expert, h)
+        self.disc_updates += 1
+        if self.disc_updates <= cfg.disc_warmup:  # the discriminator learns first; the agent waits
+            metrics.update(true_reward_mean=float(batch.reward.mean()), skipped=metrics["disc_skipped"],
+                           disc_warmup=1.0)
+            return metrics
         with rl.timed("reward"):
             reward, reward_metrics = self.reward(batch, expert)
         metrics.update(reward_metrics)
@@ -279,7 +306,7 @@ class ImitationAgent:
         else:
             expert_x = self.disc_image(self.pair(expert.obs, expert.step_obs), augment=True)
             agent_x = self.disc_image(self.pair(batch.obs[:m], batch.step_obs[:m]), augment=True)
-        with self.rl.autocast():
+        with self.disc_autocast():
             loss, info = D.discriminator_loss(self.disc, expert_x, agent_x, gp_weight=self.cfg.gp_weight,
                                               patch_reduce=self.cfg.gp_reduce)
         opt = optimize(loss.float(), self.disc_opt, self.disc.parameters(), self.cfg.grad_clip)
@@ -364,6 +391,15 @@ class ImitationAgent:
         metrics.update(reward_mean=float(reward.mean()), true_reward_mean=float(batch.reward.mean()),
                        skipped=max(metrics["critic_skipped"], metrics["actor_skipped"]))
         return metrics
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matmuls and convolutions natively (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
 
 
 def check_demos(cfg: Config, spec: EnvSpec, demos: Any) -> None:

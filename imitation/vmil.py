@@ -54,6 +54,9 @@ class Config:
     expert_actions: Literal["infer", "zeros"] = doc(
         "infer", "For demos without actions: infer = label expert transitions with an inverse-dynamics "
                  "model trained on agent data; zeros = zero actions, expert sequences left out of the KL.")
+    model_warmup: int = doc(0, "First updates that train only the world model (and inverse dynamics): the "
+                               "discriminator and the actor read its latents, and chasing a latent space that "
+                               "does not yet reconstruct the frames only adds noise (Dreamer pretrains too).")
     idm_units: int = doc(256, "Hidden units of the inverse-dynamics model.")
     idm_layers: int = doc(2, "Hidden layers of the inverse-dynamics model.")
     idm_lr: float = doc(3e-4, "Inverse-dynamics learning rate.")
@@ -69,7 +72,7 @@ class Config:
                 raise ConfigError(f"agent.{name} must be positive, got {getattr(self, name)}")
         if self.seq_len < 2:
             raise ConfigError(f"agent.seq_len must be >= 2 (transitions need two frames), got {self.seq_len}")
-        for name in ("grad_clip", "expl_noise", "expl_decay", "expl_min", "idm_layers"):
+        for name in ("grad_clip", "expl_noise", "expl_decay", "expl_min", "idm_layers", "model_warmup"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.openloop_context < self.openloop_steps:
@@ -258,6 +261,9 @@ class VMILAgent:
             m.update({f"model/{k}": v for k, v in wm_metrics.items()})
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
         post = post.detach()
+        if self.updates < cfg.model_warmup:
+            self.updates += 1
+            return self._to_host(m, skipped)
         z_expert = self.disc_features(post.map(lambda x: x[B:]))
 
         # Imagination from every agent posterior state; the actor learns through dynamics and reward.
@@ -292,8 +298,11 @@ class VMILAgent:
             m.update(dm)
             skipped += skip
         self.updates += 1
-        # One device -> host transfer for every metric.
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(dev).float().reshape(())
+        return self._to_host(m, skipped)
+
+    def _to_host(self, m: dict[str, Any], skipped: Any) -> dict[str, float]:
+        """Every metric in one device -> host transfer."""
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(self.device).float().reshape(())
                               for v in m.values()]).tolist()
         metrics = dict(zip(m.keys(), values))
         metrics["skipped"] = float(skipped)

@@ -136,6 +136,14 @@ def test_config_commands(capsys):
     import yaml
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["train"]["offline_updates"] == 9 and shown["algo"] == "bc" and shown["env"]["id"] == "toy:reach"
+    # overrides may sit on both sides of flags; a stray non-override token is still an error
+    assert main(["config", "show", "train.eval_every=7", "--algo", "bc", "--env", "toy:reach",
+                 "train.offline_updates=9", "--preset", "smoke", "train.log_every=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert (shown["train"]["eval_every"], shown["train"]["offline_updates"], shown["train"]["log_every"]) == (7, 9, 3)
+    assert main(["config", "show", "--algo", "bc", "--preset", "smoke", "train.eval_every=7", "--env", "toy:reach",
+                 "oops"]) == 1
+    assert "unrecognized arguments: oops" in capsys.readouterr().err
     assert main(["config", "keys", "--algo", "bc"]) == 0
     keys = capsys.readouterr().out
     assert "train.env_steps" in keys and "agent.frame_stack" in keys
@@ -239,3 +247,22 @@ def test_bench_env_flags(capsys):
     assert out["settings"]["steps"] == 2 and out["settings"]["workers"] == 1
     assert out["fps_fast_1workers"] > 0 and "fps_fast_2workers" not in out
     _fails(capsys, ["bench", "replay", "--workers", "2"], "--workers does not apply")
+
+
+def test_demos_record_help_lists_the_mpc_options(capsys):
+    from vmil.experts import expert_option_defaults
+
+    assert main(["demos", "record", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for key, default in expert_option_defaults("mpc").items():
+        shown = f"{default:g}" if isinstance(default, float) else default
+        assert f"{key}={shown}" in text, (key, default)
+
+
+def test_envs_show_uses_the_family_config(capsys):
+    assert main(["envs", "show", "gym:CartPole-v1"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["action_repeat"] == 1 and spec["obs_shape"] == [3, 64, 64]  # gym.yaml: action_repeat 1
+    assert main(["envs", "show", "gym:CartPole-v1", "--action-repeat", "3", "--image-size", "32"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["action_repeat"] == 3 and spec["obs_shape"] == [3, 32, 32]

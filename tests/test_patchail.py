@@ -20,7 +20,7 @@ from vmil.data.replay import Replay
 
 SPEC = EnvSpec("toy:reach", (3, 16, 16), 2)
 TINY = dict(batch_size=4, expert_batch_size=2, feature_dim=8, hidden_dim=16, encoder_channels=4,
-            disc_channels=(4, 4, 4), augment_pad=2)
+            disc_channels=(4, 4, 4), augment_pad=2, disc_precision="fp32")  # exact comparisons; bf16 is tested apart
 
 
 def tiny(variant: str, **kw) -> Config:
@@ -136,6 +136,23 @@ def test_plain_reward_is_the_discounted_sum_of_aggregated_patch_logits():
     torch.testing.assert_close(reward, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_discriminator_rewards_match_fp32_and_auto_follows_the_device():
+    torch.manual_seed(0)
+    fp32 = build(tiny("patchail", nstep=2), SPEC, torch.device("cpu"), demos(False))
+    bf16 = build(tiny("patchail", nstep=2, disc_precision="bf16"), SPEC, torch.device("cpu"), demos(False))
+    bf16.disc.load_state_dict(fp32.disc.state_dict())
+    batch, expert = make_batch(8, discount=0.99 ** 2), make_batch(2, seed=1)
+    exact, _ = fp32.reward(batch, expert)
+    fast, _ = bf16.reward(batch, expert)
+    assert bf16.disc_bf16 and not fp32.disc_bf16
+    torch.testing.assert_close(fast, exact, rtol=0.02, atol=0.02 * float(exact.abs().max()))
+    assert not torch.equal(fast, exact)  # it did run in bf16
+    metrics = bf16.update(make_batch(4), make_batch(2, seed=1), step=0)
+    assert math.isfinite(metrics["disc_loss"]) and metrics["disc_skipped"] == 0.0
+    auto = build(tiny("patchail", disc_precision="auto"), SPEC, torch.device("cpu"), demos(False))
+    assert auto.disc_bf16 == patchail.native_bf16(torch.device("cpu"))
+
+
 def test_shared_encoder_discriminator_leaves_encoder_gradients_at_zero():
     torch.manual_seed(0)
     agent = build(tiny("shared-enc-ail"), SPEC, torch.device("cpu"), demos(False))
@@ -150,6 +167,27 @@ def test_shared_encoder_discriminator_leaves_encoder_gradients_at_zero():
     for a, b in zip(enc_before + trunk_before, list(rl.encoder.parameters()) + list(rl.critic.trunk.parameters())):
         assert torch.equal(a, b)
     assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in agent.disc.parameters())
+
+
+def test_disc_warmup_trains_only_the_discriminator_first():
+    torch.manual_seed(0)
+    agent = build(tiny("patchail", disc_warmup=2), SPEC, torch.device("cpu"), demos(False))
+    rl = agent.rl
+    frozen = [p.clone() for p in list(rl.actor.parameters()) + list(rl.critic.parameters())
+              + list(rl.encoder.parameters())]
+    disc_before = [p.clone() for p in agent.disc.parameters()]
+    for i in range(2):
+        metrics = agent.update(make_batch(4, seed=i), make_batch(2, seed=10 + i), step=i)
+        assert metrics["disc_warmup"] == 1.0 and "critic_loss" not in metrics and metrics["skipped"] == 0.0
+    after = list(rl.actor.parameters()) + list(rl.critic.parameters()) + list(rl.encoder.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(frozen, after))
+    assert not all(torch.equal(a, b) for a, b in zip(disc_before, agent.disc.parameters()))
+    metrics = agent.update(make_batch(4, seed=5), make_batch(2, seed=6), step=2)
+    assert "disc_warmup" not in metrics and math.isfinite(metrics["critic_loss"])
+    assert not all(torch.equal(a, b) for a, b in zip(frozen, rl.actor.parameters()))
+    other = build(tiny("patchail", disc_warmup=2), SPEC, torch.device("cpu"), demos(False))
+    other.load_state_dict(agent.state_dict())
+    assert other.disc_updates == 3  # a resumed run does not warm up again
 
 
 def test_sqil_rewards_expert_one_agent_zero():
@@ -198,6 +236,8 @@ def test_bad_demos_are_named():
         build(tiny("patchail"), SPEC, cpu, demos(False, (1, 16, 16)))
     with pytest.raises(ValueError, match="look like stacks of 3 frames"):
         build(tiny("patchail"), SPEC, cpu, demos(False, (9, 16, 16)))
+    with pytest.raises(ValueError, match="12 channels = 4 stacked frames, which does not match frame_stack=3"):
+        build(tiny("patchail"), SPEC, cpu, demos(False, (12, 16, 16)))
     for variant in ("patchail-bc", "sqil"):
         with pytest.raises(NeedsActions, match=f"{variant} needs demos with actions"):
             build(tiny(variant), SPEC, cpu, demos(False))
@@ -271,23 +311,60 @@ def _train(algo: str, env_id: str, demos_dir, run_dir, preset: str, overrides=()
         runner.close()
 
 
+ALGOS = ("drqv2",) + patchail.VARIANTS + ("bc",)  # issue 4's algorithms; bc is imitation.bc's
+
+
 @pytest.fixture(scope="module")
 def smoke_demos(tmp_path_factory):
-    out = {}
-    for env_id in ("toy:reach", "dmc:cartpole_swingup"):
-        path = tmp_path_factory.mktemp("demos") / env_id.replace(":", "_")
-        _record(path, env_id, "patchail", "smoke", 1, keep_actions=True)
-        out[env_id] = path
-    return out
+    """Demos with actions recorded at the image size each algorithm's smoke preset resolves to
+    (one directory per env and size, shared by the algorithms that use it)."""
+    from vmil.config import resolve
+    from vmil.registry import algo_module
+
+    made = {}
+
+    def get(env_id: str, algo: str):
+        size = resolve(algo, algo_module(algo).Config, env_id, "smoke").env.image_size
+        if (env_id, size) not in made:
+            path = tmp_path_factory.mktemp("demos") / f"{env_id.replace(':', '_')}_{size}"
+            _record(path, env_id, algo, "smoke", 1, keep_actions=True)
+            made[env_id, size] = path
+        return made[env_id, size]
+
+    return get
 
 
 @pytest.mark.parametrize("env_id", ["toy:reach", "dmc:cartpole_swingup"])
-def test_every_variant_trains_through_the_runner_with_the_smoke_preset(env_id, smoke_demos, tmp_path):
-    algos = ("drqv2",) + patchail.VARIANTS if env_id == "toy:reach" else ("drqv2", "patchail-w", "shared-enc-ail")
-    for algo in algos:
-        summary = _train(algo, env_id, smoke_demos[env_id], tmp_path / algo, "smoke", ["train.env_steps=60"])
-        assert summary["updates"] >= 1 and math.isfinite(summary["eval_return_mean"]), (algo, summary)
-        assert (tmp_path / algo / "checkpoints" / "last.pt").is_file()
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_algorithm_trains_through_the_runner_with_the_smoke_preset(algo, env_id, smoke_demos, tmp_path):
+    summary = _train(algo, env_id, smoke_demos(env_id, algo), tmp_path / algo, "smoke", ["train.env_steps=60"])
+    assert summary["updates"] >= 1 and math.isfinite(summary["eval_return_mean"]), (algo, summary)
+    assert (tmp_path / algo / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("algo,demos_kw,fragments", [
+    ("patchail-bc", dict(keep_actions=False), ("patchail-bc needs demos with actions", "--keep-actions")),
+    ("sqil", dict(keep_actions=False), ("sqil needs demos with actions",)),
+    ("patchail", dict(keep_actions=False, image_size=16), ("frames are C,H,W=(3, 16, 16)", "(3, 32, 32)")),
+    ("patchail", dict(keep_actions=False, grayscale=True), ("frames are C,H,W=(1, 32, 32)", "(3, 32, 32)")),
+])
+def test_bad_demos_fail_with_one_error_line_through_the_cli(algo, demos_kw, fragments, capsys, tmp_path):
+    from vmil.cli import main
+    from vmil.config import resolve
+    from vmil.demos import record
+    from vmil.registry import algo_module
+
+    env = resolve(algo, algo_module(algo).Config, "toy:reach", "smoke").env
+    kw = dict(image_size=env.image_size, **demos_kw)
+    record("toy:reach", "scripted", 1, tmp_path / "demos", action_repeat=env.action_repeat,
+           max_episode_steps=env.max_episode_steps, seed=0, quiet=True, **kw)
+    code = main(["train", "--algo", algo, "--env", "toy:reach", "--demos", str(tmp_path / "demos"), "--preset",
+                 "smoke", "--run-dir", str(tmp_path / "run"), "--tracking-uri", "none"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("vmil: error:"), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
@@ -299,3 +376,24 @@ def test_learns_toy_reach_to_80_percent_of_the_expert_within_the_cpu_preset(algo
     summary = _train(algo, "toy:reach", tmp_path / "demos", tmp_path / "run", "cpu")
     print(json.dumps(summary))
     assert summary["eval_return_mean"] >= 0.8 * summary["expert_return"], summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark
+
+
+@pytest.mark.parametrize("algo", ["patchail", "shared-enc-ail", "drqv2"])
+def test_bench_prints_the_shared_keys_and_the_same_run_reference(algo):
+    from vmil.bench.patchail import bench_patchail
+
+    out = bench_patchail(algo, batch=4, image_size=32, updates=1, threads=1)
+    json.dumps(out)  # what the CLI prints
+    for key in ("ms_per_update", "gflop_per_update", "achieved_gflops", "peak_gflops", "peak_fraction"):
+        assert math.isfinite(out[key]) and out[key] > 0, (key, out[key])
+    expected_parts = {"critic", "actor"} | ({"discriminator", "reward"} if algo != "drqv2" else set())
+    assert set(out["parts"]) == expected_parts
+    if algo == "shared-enc-ail":
+        assert "public_style" not in out  # the public code has no such agent to compare with
+    else:
+        assert out["speedup_vs_public_style"] > 0 and out["public_style"]["ms_per_update"] > 0
+        assert ("discriminator" in out["public_style"]["parts"]) == (algo != "drqv2")

@@ -366,3 +366,14 @@ def test_mpc_expert_rotates_the_balls():
         distances.append(ts.info["ball_distance"])
     assert not ts.info["dropped"] and ts.info["success"]
     assert np.mean(distances[-10:]) < SUCCESS_DIST
+
+
+@robotics
+def test_mpc_options_reach_the_planner(bao):
+    """`vmil demos record --expert mpc samples=7 horizon=3` passes its options through make_expert."""
+    from vmil.experts import make_expert
+
+    expert = make_expert("mpc", bao, samples=7, horizon=3, kappa=5)
+    assert expert.planner.samples == 7 and expert.planner.horizon == 3 and expert.planner.kappa == 5.0
+    with pytest.raises(ValueError, match="unknown mpc expert option 'horizn'; did you mean horizon"):
+        make_expert("mpc", bao, horizn=3)

@@ -92,6 +92,7 @@ def test_disc_inputs_and_schedule():
     assert disc_input(z, a, z2, "zaz").shape == (4, 12)
     assert disc_input(z, a, None, "za").shape == (4, 7)
     assert disc_input(z, None, z2, "zz").shape == (4, 10)
+    assert torch.equal(disc_input(z, a, z2 + 3, "z"), z2 + 3)  # the next state alone
     with pytest.raises(ValueError, match="need z, a"):
         disc_input(z, None, z2, "zaz")
     d = LatentDiscriminator(5, 2, "zz", units=8, layers=1)
@@ -113,6 +114,7 @@ def test_transition_inputs_follow_the_action_convention():
     assert torch.equal(imagined_transitions(feats, actions, "zaz"),
                        torch.tensor([[0.0, 1.0, 7.0, 2.0, 3.0], [2.0, 3.0, 8.0, 4.0, 5.0]]))
     assert torch.equal(imagined_transitions(feats, actions, "zz", torch.tensor([1])), torch.tensor([[2.0, 3.0, 4.0, 5.0]]))
+    assert torch.equal(imagined_transitions(feats, actions, "z"), torch.tensor([[2.0, 3.0], [4.0, 5.0]]))
 
 
 # ------------------------------------------------------------------------------ agent
@@ -175,6 +177,19 @@ def test_zero_expert_actions_option_and_param_penalty():
     metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
     assert metrics["skipped"] == 0.0 and "model/idm" not in metrics and math.isfinite(metrics["disc/penalty"])
 
+
+
+def test_model_warmup_trains_only_the_world_model_first():
+    agent = build(False, model_warmup=1)
+    parts = {"wm": agent.wm, "actor": agent.ac.actor, "critic": agent.ac.critic, "disc": agent.disc}
+    snap = lambda: {k: [p.clone() for p in m.parameters()] for k, m in parts.items()}  # noqa: E731
+    changed = lambda a, b: {k for k in a if any(not torch.equal(x, y) for x, y in zip(a[k], b[k]))}  # noqa: E731
+    s0 = snap()
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    s1 = snap()
+    assert changed(s0, s1) == {"wm"} and "actor/loss" not in metrics and "model/image" in metrics
+    agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=1)
+    assert changed(s1, snap()) == {"wm", "actor", "critic", "disc"} and agent.updates == 2
 
 
 def test_disc_latent_mean_and_replay_agent_source():

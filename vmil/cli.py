@@ -87,8 +87,13 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 def cmd_envs_show(args: argparse.Namespace) -> int:
     from vmil import envs
+    from vmil.config import resolve_env
 
-    kwargs = {"image_size": args.image_size, "action_repeat": args.action_repeat, "camera": args.camera}
+    envs.split_id(args.env_id)  # a malformed id is answered before the config lookup
+    cfg = resolve_env(args.env_id)  # the family's settings, as training and recording use them
+    kwargs = {"image_size": args.image_size or cfg.image_size,
+              "action_repeat": args.action_repeat or cfg.action_repeat, "camera": args.camera or cfg.camera or None,
+              "proprio": cfg.proprio}
     _print_json(envs.describe(args.env_id, **kwargs))
     if args.out:
         import imageio.v3 as iio
@@ -97,7 +102,7 @@ def cmd_envs_show(args: argparse.Namespace) -> int:
 
         env = envs.make(args.env_id, **kwargs)
         try:
-            frame = to_video_frame(env.reset().obs, min_size=args.image_size)
+            frame = to_video_frame(env.reset().obs, min_size=kwargs["image_size"])  # the true size
         finally:
             env.close()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -326,9 +331,9 @@ def build_parser() -> Parser:
     envs_sub = s.add_subparsers(dest="envs_command", metavar="{show}", parser_class=Parser)
     e = envs_sub.add_parser("show", help="an env's specs (JSON), optionally a frame as PNG")
     e.add_argument("env_id", metavar="ID")
-    e.add_argument("--image-size", type=int, default=64)
-    e.add_argument("--action-repeat", type=int, default=2)
-    e.add_argument("--camera", default=None)
+    e.add_argument("--image-size", type=int, default=None, help="default: the env family's config (64)")
+    e.add_argument("--action-repeat", type=int, default=None, help="default: the env family's config")
+    e.add_argument("--camera", default=None, help="default: the env family's config")
     e.add_argument("--out", help="write the first frame to this PNG")
     e.set_defaults(fn=cmd_envs_show)
 
@@ -455,7 +460,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        # key=value overrides may sit between flags (`train k=v --run-dir D k2=v2`); argparse stops a
+        # positional list at the first flag, so collect the stragglers here.
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if isinstance(getattr(args, "overrides", None), list) and all(
+                    "=" in tok and not tok.startswith("-") for tok in extra):
+                args.overrides = args.overrides + extra
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
             build_parser().print_help()
             return 2

@@ -152,9 +152,7 @@ def evaluate_checkpoint(path: str | Path, episodes: int, video: str | Path | Non
     seed = cfg.seed + EVAL_SEED_OFFSET if seed is None else seed  # the training evaluations' env seed
     seed_everything(seed)
     dev = resolve_device(device)
-    env = envs.make(cfg.env.id, image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat, seed=seed,
-                    camera=cfg.env.camera or None, fast_render=cfg.env.fast_render, grayscale=cfg.env.grayscale,
-                    max_episode_steps=cfg.env.max_episode_steps)
+    env = envs.from_config(cfg.env, seed)
     try:
         info = demo_info_from_meta(payload["meta"])
         agent = module.build(cfg.agent, env.spec, dev, info)

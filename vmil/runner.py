@@ -437,10 +437,7 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "runs") -> Path:
 def _make_env(cfg: RunConfig, seed: int) -> Env:
     from vmil import envs
 
-    e = cfg.env
-    return envs.make(e.id, image_size=e.image_size, action_repeat=e.action_repeat, seed=seed,
-                     camera=e.camera or None, fast_render=e.fast_render, grayscale=e.grayscale,
-                     max_episode_steps=e.max_episode_steps)
+    return envs.from_config(cfg.env, seed)
 
 
 def _device(name: str) -> torch.device:
