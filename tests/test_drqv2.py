@@ -72,6 +72,22 @@ def test_critic_loss_decreases_on_a_fixed_batch():
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:3]), losses
 
 
+def test_pre_tanh_regulariser_pulls_a_saturated_actor_back():
+    torch.manual_seed(0)
+    agent = build(dataclasses.replace(TINY, pre_tanh_reg=1.0, lr=1e-2), SPEC, torch.device("cpu"))
+    with torch.no_grad():
+        agent.actor.policy[-1].bias.fill_(8.0)  # saturated: tanh'(8) ~ 5e-7
+        for q in (agent.critic.q1, agent.critic.q2):
+            q[-1].weight.zero_()  # a flat critic: only the regulariser moves the actor
+    h = agent.encode(agent.to_float(make_batch(4).obs)).detach()
+    before = float(agent.actor.pre_tanh(h).abs().mean())
+    for step in range(20):
+        metrics = agent.actor_step(h, step)
+    assert metrics["pre_tanh_loss"] > 0 and float(agent.actor.pre_tanh(h).abs().mean()) < before - 0.1
+    plain = build(TINY, SPEC, torch.device("cpu"))
+    assert "pre_tanh_loss" not in plain.actor_step(h, 0)
+
+
 def test_act_shapes_ranges_and_state_dict_round_trip():
     torch.manual_seed(0)
     spec = dataclasses.replace(SPEC, action_low=0.0, action_high=2.0)

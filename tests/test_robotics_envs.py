@@ -377,3 +377,31 @@ def test_mpc_options_reach_the_planner(bao):
     assert expert.planner.samples == 7 and expert.planner.horizon == 3 and expert.planner.kappa == 5.0
     with pytest.raises(ValueError, match="unknown mpc expert option 'horizn'; did you mean horizon"):
         make_expert("mpc", bao, horizn=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# VMIL trains on both robotics envs through the CLI (smoke preset; Baoding with image + proprio)
+
+
+@robotics
+@pytest.mark.parametrize("env_id,expert,extra", [
+    ("sawyer:peg_insert", "scripted", []),
+    # a tiny planner keeps the MPC demos cheap; VMIL encodes and reconstructs the hand's proprioception
+    ("baoding:ccw", "mpc", ["samples=8", "horizon=2"]),
+])
+def test_vmil_smoke_trains_on_the_robotics_envs(env_id, expert, extra, tmp_path, capsys):
+    import json
+
+    from vmil.cli import main
+
+    demos = tmp_path / "demos"
+    assert main(["demos", "record", "--env", env_id, "--expert", expert, "--episodes", "1", "--out", str(demos),
+                 "--algo", "vmil", "--preset", "smoke", "--max-episode-steps", "16", *extra]) == 0
+    proprio = ["agent.model.proprio=true"] if env_id.startswith("baoding") else []
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "vmil", "--env", env_id, "--demos", str(demos), "--preset", "smoke",
+                 "--run-dir", str(run), "--tracking-uri", "none", "train.env_steps=24", "train.prefill_steps=12",
+                 "train.eval_every=24", "train.eval_episodes=1", "train.video=false", "env.max_episode_steps=16",
+                 *proprio]) == 0, capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["env"] == env_id and summary["updates"] >= 1 and math.isfinite(summary["eval_return_mean"])

@@ -62,7 +62,8 @@ def _timed_updates(agent: Any, batch: TransitionBatch, expert: TransitionBatch |
 
 def bench_patchail(algo: str = "patchail", batch: int | None = 256, *, image_size: int = 84, updates: int = 2,
                    warmup: int = 1, device: str = "cpu", threads: int = 0, compare: bool | None = None,
-                   count_flops: bool = True, action_dim: int = 6, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                   count_flops: bool = True, action_dim: int = 6, overrides: dict[str, Any] | None = None,
+                   peak_seconds: float = 1.0) -> dict[str, Any]:
     """Time ``updates`` updates of ``algo`` (a PatchAIL variant, ``shared-enc-ail``, ... or ``drqv2``)
     at the paper's sizes; ``overrides`` replaces agent config fields (e.g. {"nstep": 1}).
     ``compare`` (default: on for drqv2 and the patch variants) adds the public-code-style update."""
@@ -104,10 +105,10 @@ def bench_patchail(algo: str = "patchail", batch: int | None = 256, *, image_siz
     parts = {name: round(ms / updates, 1) for name, ms in agent.timings.items()}
     agent.timings = None
 
-    peak_fp32 = matmul_peak_gflops(dev, torch.float32)
+    peak_fp32 = matmul_peak_gflops(dev, torch.float32, seconds=peak_seconds)
     # A bf16 discriminator runs most of the FLOPs at the bf16 peak: measure against that one.
     bf16 = bool(getattr(agent, "disc_bf16", False) or getattr(cfg, "bf16", False))
-    peak = matmul_peak_gflops(dev, torch.bfloat16) if bf16 else peak_fp32
+    peak = matmul_peak_gflops(dev, torch.bfloat16, seconds=peak_seconds) if bf16 else peak_fp32
     ms = wall / updates * 1000
     achieved = gflop / (ms / 1000)
     result: dict[str, Any] = {

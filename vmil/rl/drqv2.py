@@ -42,6 +42,10 @@ class Config:
     std_clip: float = doc(0.3, "Clip of the target-policy and actor-update noise.")
     augment_pad: int = doc(4, "Random-shift padding in pixels (0 disables augmentation).")
     grad_clip: float = doc(0.0, "Gradient-norm clip per optimiser; 0 for none.")
+    pre_tanh_reg: float = doc(
+        0.0, "Weight of mean(pre-tanh actor output^2) in the actor loss (0: DrQ-v2 as published). Keeps "
+        "the policy out of tanh saturation, where Adam can push it on a weak critic gradient and it stops "
+        "exploring; a stalled policy in a corner was seen with imitation rewards on toy:reach.")
     channels_last: bool = doc(True, "channels_last convolutions (about 2x faster on CPU).")
     bf16: bool = doc(False, "bf16 autocast for forward passes (faster on CPUs with avx512_bf16 and on GPUs).")
 
@@ -109,7 +113,10 @@ class Actor(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Mean action in [-1, 1]; the std comes from the schedule, not the network."""
-        return torch.tanh(self.policy(self.trunk(h)))
+        return torch.tanh(self.pre_tanh(h))
+
+    def pre_tanh(self, h: torch.Tensor) -> torch.Tensor:
+        return self.policy(self.trunk(h))
 
 
 class Critic(nn.Module):
@@ -264,10 +271,14 @@ class DrQV2:
         self.critic.requires_grad_(False)
         try:
             with self.autocast():
-                action = sample_action(self.actor(h), self.std(step), self.cfg.std_clip)
+                pre = self.actor.pre_tanh(h)
+                action = sample_action(torch.tanh(pre), self.std(step), self.cfg.std_clip)
                 q1, q2 = self.critic(h, action)
             losses = {"actor": -torch.min(q1, q2).float().mean(), **(extra or {})}
             weights = {"actor": 1.0, **(extra_weights or {})}
+            if self.cfg.pre_tanh_reg > 0:
+                losses["pre_tanh"] = pre.float().pow(2).mean()
+                weights["pre_tanh"] = self.cfg.pre_tanh_reg
             loss = weighted_sum(losses, weights)
             info = optimize(loss, self.actor_opt, self.actor.parameters(), self.cfg.grad_clip)
         finally:
