@@ -1,5 +1,6 @@
 """`vmil bench patchail`: where the time of one PatchAIL-family (or DrQ-v2) update goes, and how
-close it runs to the machine's fp32 matmul peak.
+close it runs to the machine's matmul peak (the bf16 peak when the discriminator runs in bf16,
+``peak_dtype``; ``peak_gflops_fp32`` is always given).
 
 One update of an imitation variant = discriminator step (BCE per patch + per-sample gradient
 penalty), n-step rewards from the current discriminator, critic step (encoder + double Q), actor
@@ -11,6 +12,15 @@ code does it (NCHW convolutions, autograd double backward for the gradient penal
 encoder target and per-parameter grad-norm logging, rewards read from the replay), so the speed-up
 is a ratio measured under the same load. Trust absolute timings only when ``cpu_wall_ratio`` is
 close to ``threads``.
+
+Where the time goes (batch 64, one thread, 2-core CPU with avx512_bf16, torch 2.13, profiled):
+convolutions are ~80% of the update (forward ~45%, backward ~32%); by part, discriminator step
+~56%, reward pass (nstep discriminator forwards of the agent batch) ~28%, critic ~14%, actor ~1.5%.
+The convolutions already run near the matmul peak in fp32, so the speed-up comes from fewer FLOPs
+(the gradient penalty by transposed convolutions instead of a double backward) and from running
+the discriminator in bf16 (``disc_precision=auto``, ~2.2x faster convolutions on that CPU):
+measured 3.4 s vs 5.5 s for the public-style update (1.63x; 2.26x without the reward pass, which
+the public code replaces by labelling each episode once).
 """
 from __future__ import annotations
 
