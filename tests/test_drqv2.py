@@ -80,10 +80,10 @@ def test_pre_tanh_regulariser_pulls_a_saturated_actor_back():
         for q in (agent.critic.q1, agent.critic.q2):
             q[-1].weight.zero_()  # a flat critic: only the regulariser moves the actor
     h = agent.encode(agent.to_float(make_batch(4).obs)).detach()
-    before = float(agent.actor.pre_tanh(h).abs().mean())
+    before = float(agent.actor.pre_tanh(h).detach().abs().mean())
     for step in range(20):
         metrics = agent.actor_step(h, step)
-    assert metrics["pre_tanh_loss"] > 0 and float(agent.actor.pre_tanh(h).abs().mean()) < before - 0.1
+    assert metrics["pre_tanh_loss"] > 0 and float(agent.actor.pre_tanh(h).detach().abs().mean()) < before - 0.1
     plain = build(TINY, SPEC, torch.device("cpu"))
     assert "pre_tanh_loss" not in plain.actor_step(h, 0)
 
