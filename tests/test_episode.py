@@ -203,7 +203,7 @@ def test_bad_contents(tmp_path, key, value, match):
 
 @pytest.mark.parametrize("spec,match", [
     (EnvSpec("toy:reach", (3, 16, 16), 2, state_dim=3, action_repeat=2), r"C,H,W=\(3, 8, 8\).*\(3, 16, 16\)"),
-    (EnvSpec("toy:reach", (1, 8, 8), 2, state_dim=3, action_repeat=2), r"\(1, 8, 8\)"),
+    (EnvSpec("toy:reach", (1, 8, 8), 2, state_dim=3, action_repeat=2), r"\(1, 8, 8\); record the demos with the same"),
     (EnvSpec("toy:reach", (3, 8, 8), 6, state_dim=3, action_repeat=2), "dimension 2 but env toy:reach has action_dim 6"),
     (EnvSpec("toy:reach", (3, 8, 8), 2, discrete=True, state_dim=3, action_repeat=2), "continuous actions"),
     (EnvSpec("toy:reach", (3, 8, 8), 2, state_dim=4, action_repeat=2), "state_dim 4"),
@@ -213,6 +213,12 @@ def test_bad_contents(tmp_path, key, value, match):
 def test_spec_mismatch(tmp_path, spec, match):
     path = save_episode(make_episode(5), tmp_path / "ep_000000_T5.npz")
     _expect_error(path, match, spec)
+
+
+def test_frame_stacked_demos_get_a_stacking_hint(tmp_path):
+    stacked = EnvSpec("toy:reach", (9, 8, 8), 2, state_dim=3, action_repeat=2)
+    path = save_episode(make_episode(5, stacked), tmp_path / "ep_000000_T5.npz")
+    _expect_error(path, r"C,H,W=\(9, 8, 8\).*look like stacks of 3 frames: store single frames", SPEC)
 
 
 def test_env_mismatch_can_be_allowed(tmp_path):

@@ -158,8 +158,15 @@ def check_compatible(ep: Episode, spec: EnvSpec, where: str, allow_env_mismatch:
 
     shape = tuple(ep.obs.shape[1:])
     if shape != tuple(spec.obs_shape):
-        fail(f"frames are C,H,W={shape} but env {spec.env_id} gives {tuple(spec.obs_shape)}; record the "
-             f"demos with the same image size/grayscale setting, or set env.image_size/env.grayscale to match")
+        c, env_c = shape[0], spec.obs_shape[0]
+        # 3 channels for a 1-channel env is an RGB-vs-grayscale mismatch, not a stack of 3
+        stacked = (c > env_c and c % env_c == 0 and shape[1:] == tuple(spec.obs_shape[1:])
+                   and not (env_c == 1 and c == 3))
+        hint = (f"; they look like stacks of {c // env_c} frames: store single frames, the replay stacks "
+                "them (agent.frame_stack)") if stacked else (
+            "; record the demos with the same image size/grayscale setting, or set env.image_size/"
+            "env.grayscale to match")
+        fail(f"frames are C,H,W={shape} but env {spec.env_id} gives {tuple(spec.obs_shape)}{hint}")
     if ep.action is not None:
         if ep.discrete != spec.discrete:
             kind = "discrete" if ep.discrete else "continuous"
