@@ -285,15 +285,22 @@ class VMILAgent:
             m.update({"critic/loss": critic_loss.detach(), "critic/grad_norm": out["grad_norm"]})
             skipped += out["skipped"]
 
-        # Discriminator: expert posterior transitions (real) vs imagined agent transitions (fake).
+        # Discriminator: expert posterior transitions (real) vs agent transitions (fake), as many
+        # agent ones as expert ones unless disc.agent_samples says otherwise.
         with self._part("discriminator"):
+            samples = cfg.disc.agent_samples or expert.obs.shape[0] * (expert.obs.shape[1] - 1)
             if cfg.disc.agent_source == "replay":
                 x_agent, w_agent = sequence_transitions(self.disc_features(post.map(lambda x: x[:B])),
                                                         self._norm_action(batch.action), batch.is_first.to(dev),
                                                         self.disc.inputs)
                 x_agent = x_agent[w_agent > 0]
-            else:
-                x_agent = imagined_transitions(z_imagined.detach(), actions.detach(), self.disc.inputs)
+                if x_agent.shape[0] == 0:
+                    raise ValueError("the agent batch holds no transitions (every step starts an episode); "
+                                     "agent.seq_len must be >= 2 and episodes longer than one step")
+                x_agent = x_agent[torch.randint(x_agent.shape[0], (samples,), device=dev)]
+            else:  # only the sampled imagined transitions are assembled, not all H x N of them
+                idx = torch.randint(actions.shape[0] * actions.shape[1], (samples,), device=dev)
+                x_agent = imagined_transitions(z_imagined.detach(), actions.detach(), self.disc.inputs, idx)
             dm, skip = self._disc_update(z_expert, expert_action.detach(), expert.is_first.to(dev), x_agent, step)
             m.update(dm)
             skipped += skip
@@ -309,16 +316,11 @@ class VMILAgent:
         return metrics
 
     def _disc_update(self, z_e: torch.Tensor, action_e: torch.Tensor, first_e: torch.Tensor,
-                     x_agent: torch.Tensor, step: int) -> tuple[dict[str, Any], float]:
-        """One discriminator step: expert posterior transitions (real) against a random subset of
-        the agent transitions ``x_agent`` [N, in_dim] (fake)."""
+                     x_a: torch.Tensor, step: int) -> tuple[dict[str, Any], float]:
+        """One discriminator step: expert posterior transitions (real) against the sampled agent
+        transitions ``x_a`` [N, in_dim] (fake)."""
         c = self.cfg.disc
         x_e, w_e = sequence_transitions(z_e, action_e, first_e, self.disc.inputs)
-        if x_agent.shape[0] == 0:
-            raise ValueError("the agent batch holds no transitions (every step starts an episode); "
-                             "agent.seq_len must be >= 2 and episodes longer than one step")
-        idx = torch.randint(x_agent.shape[0], (c.agent_samples or x_e.shape[0],), device=self.device)
-        x_a = x_agent[idx]
         std = linear_schedule(step, c.noise_std, c.noise_final_std, c.noise_anneal_steps)
         with self._autocast():
             losses, weights, logit_e, logit_a = discriminator_losses(
