@@ -60,6 +60,9 @@ class Config:
     idm_units: int = doc(256, "Hidden units of the inverse-dynamics model.")
     idm_layers: int = doc(2, "Hidden layers of the inverse-dynamics model.")
     idm_lr: float = doc(3e-4, "Inverse-dynamics learning rate.")
+    idm_scale: float = doc(1.0, "Weight of the inverse-dynamics loss.")
+    idm_encoder_grad: bool = doc(False, "Let the inverse-dynamics loss train the image encoder too (an auxiliary "
+                                        "that makes the embedding carry what the actions change).")
     openloop_context: int = doc(5, "Frames the open-loop prediction strip conditions on.")
     openloop_steps: int = doc(20, "Frames shown in the open-loop strip (context included).")
     amp: Literal["none", "bf16"] = doc("none", "Autocast the update's forward passes to bf16 (CPU with "
@@ -72,7 +75,7 @@ class Config:
                 raise ConfigError(f"agent.{name} must be positive, got {getattr(self, name)}")
         if self.seq_len < 2:
             raise ConfigError(f"agent.seq_len must be >= 2 (transitions need two frames), got {self.seq_len}")
-        for name in ("grad_clip", "expl_noise", "expl_decay", "expl_min", "idm_layers", "model_warmup"):
+        for name in ("grad_clip", "expl_noise", "expl_decay", "expl_min", "idm_layers", "model_warmup", "idm_scale"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.openloop_context < self.openloop_steps:
@@ -200,9 +203,10 @@ class VMILAgent:
         kl_mask = None
         with self._autocast():
             embed = self.wm.encode(image, proprio)
+            expert_given = expert_action
             if expert_action is None:
                 if self.idm is not None:
-                    e = embed.detach().float()
+                    e = embed.float() if self.cfg.idm_encoder_grad else embed.detach().float()
                     pred = self.idm(e[:B, :-1], e[:B, 1:])
                     mask = (~is_first[:B, 1:]).unsqueeze(-1).float()
                     err = (pred.float() - agent_action[:, 1:]).pow(2) * mask
@@ -211,10 +215,13 @@ class VMILAgent:
                     kl_mask = torch.cat([torch.ones(B, T, device=image.device),
                                          torch.zeros(image.shape[0] - B, T, device=image.device)])
                 expert_action = self._infer_actions(embed[B:], is_first[B:])
+            recorded = torch.ones(image.shape[0], device=image.device)
+            if expert_given is None:  # inferred or zero expert actions must not shape the latents
+                recorded[B:] = 0.0
             action = torch.cat([agent_action, expert_action])
             wm_losses, post, _, metrics = self.wm.losses(
                 image, embed, action, is_first, proprio, free_nats=self.cfg.model.free_nats,
-                kl_balance=self.cfg.model.kl_balance, kl_mask=kl_mask)
+                kl_balance=self.cfg.model.kl_balance, kl_mask=kl_mask, action_mask=recorded)
         losses.update(wm_losses)
         return losses, post, expert_action, metrics
 
@@ -254,13 +261,18 @@ class VMILAgent:
             losses, post, expert_action, wm_metrics = self._model_fn(
                 image, is_first, self.proprio(batch, expert), self._norm_action(batch.action), expert_given)
             weights = {"image": cfg.model.image_scale, "kl": cfg.model.kl_scale,
-                       "proprio": cfg.model.proprio_scale, "idm": 1.0}
+                       "proprio": cfg.model.proprio_scale, "idm": cfg.idm_scale,
+                       "latent_action": cfg.model.latent_action_scale}
             weights = {k: v for k, v in weights.items() if k in losses}
             out = optimize(weighted_sum(losses, weights), self.opt_model, self._model_params, cfg.grad_clip)
             m.update({f"model/{k}": v.detach() for k, v in losses.items()})
             m.update({f"model/{k}": v for k, v in wm_metrics.items()})
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
-        post = post.detach()
+            post = post.detach()
+            # Whether the prior uses the actions at all; without that the actor has no gradient.
+            sens = self.wm.action_sensitivity(post.map(lambda x: x[:B]), self._norm_action(batch.action),
+                                              batch.is_first.to(dev))
+            m.update({f"model/{k}": v for k, v in sens.items()})
         if self.updates < cfg.model_warmup:
             self.updates += 1
             return self._to_host(m, skipped)

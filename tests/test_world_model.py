@@ -256,6 +256,56 @@ def test_world_model_proprio_needs_state():
         wm.encode(image, None)
 
 
+def test_latent_action_loss_matches_hand_computation():
+    """action_head(z_t+1 - z_t) against a_t+1, only inside episodes and only for marked sequences."""
+    wm = WorldModel((3, 64, 64), 2, deter=8, stoch=3, hidden=8, depth=4, latent_action=True)
+    with torch.no_grad():
+        wm.action_head.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]))
+        wm.action_head.bias.zero_()
+    mean = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 5.0], [1.0, 2.0, 5.0]],
+                         [[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [3.0, 0.0, 0.0]]])
+    post = State(mean, torch.ones_like(mean), mean, torch.zeros(2, 3, 8))
+    action = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]],
+                           [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    is_first = torch.tensor([[True, False, False], [True, False, False]])
+    # Sequence 0: predictions (1, 2) vs (1, 1) -> 0.5; (0, 2) vs (0, 0) -> 2. Sequence 1: (3, 0) -> 4.5; 0.
+    assert torch.isclose(wm.latent_action_loss(post, action, is_first), torch.tensor(7.0 / 4))
+    assert torch.isclose(wm.latent_action_loss(post, action, is_first, torch.tensor([1.0, 0.0])),
+                         torch.tensor(2.5 / 2))
+    is_first[0, 2] = True  # a reset inside the sequence: that step is no transition
+    assert torch.isclose(wm.latent_action_loss(post, action, is_first, torch.tensor([1.0, 0.0])),
+                         torch.tensor(0.5))
+    image = preprocess_image(torch.zeros(2, 3, 3, 64, 64, dtype=torch.uint8))
+    losses, _, _, _ = wm.losses(image, wm.encode(image), action, is_first, free_nats=3.0)
+    assert set(losses) == {"image", "kl", "latent_action"}
+    with pytest.raises(ValueError, match="latent-action"):
+        WorldModel((3, 64, 64), 2, deter=8, stoch=3, hidden=8, depth=4).latent_action_loss(post, action, is_first)
+
+
+def test_action_sensitivity_matches_a_loop_over_img_step():
+    torch.manual_seed(0)
+    wm = WorldModel((3, 64, 64), 2, deter=8, stoch=4, hidden=8, depth=4)
+    B, T = 2, 4
+    post = State(torch.randn(B, T, 4), torch.ones(B, T, 4), torch.randn(B, T, 4), torch.randn(B, T, 8))
+    action = torch.randn(B, T, 2)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[1, 2] = True
+    out = wm.action_sensitivity(post, action, is_first)
+    errs, errs0, steps = [], [], []
+    with torch.no_grad():
+        for b in range(B):
+            for t in range(1, T):
+                if is_first[b, t]:
+                    continue
+                prev = post.map(lambda x: x[b:b + 1, t - 1])
+                errs.append((wm.rssm.img_step(prev, action[b:b + 1, t], sample=False).mean - post.mean[b, t]).norm())
+                errs0.append((wm.rssm.img_step(prev, torch.zeros(1, 2), sample=False).mean - post.mean[b, t]).norm())
+                steps.append((post.mean[b, t] - post.mean[b, t - 1]).norm())
+    assert torch.isclose(out["prior_err"], torch.stack(errs).mean(), atol=1e-5)
+    assert torch.isclose(out["prior_err_zero_action"], torch.stack(errs0).mean(), atol=1e-5)
+    assert torch.isclose(out["latent_step"], torch.stack(steps).mean(), atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ configs
 
 @pytest.mark.parametrize("make, match", [
@@ -265,6 +315,7 @@ def test_world_model_proprio_needs_state():
     (lambda: ModelConfig(deter=0), "deter"),
     (lambda: ModelConfig(kl_balance=1.0), "kl_balance"),
     (lambda: ModelConfig(free_nats=-1.0), "free_nats"),
+    (lambda: ModelConfig(latent_action_scale=-1.0), "latent_action_scale"),
 ])
 def test_bad_config_values_fail_clearly(make, match):
     with pytest.raises(ConfigError, match=match):

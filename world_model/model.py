@@ -23,6 +23,10 @@ class ModelConfig:
     kl_scale: float = doc(1.0, "Weight of the KL term.")
     kl_balance: float = doc(0.0, "KL balancing (Dreamer V2): share of the KL gradient that trains the prior, "
                                  "in (0, 1), e.g. 0.8; 0 disables it (plain KL, as in the paper).")
+    latent_action_scale: float = doc(
+        0.0, "Weight of the latent-action loss: a linear map of the posterior step z_t+1 - z_t must recover "
+             "the action a_t (E2C-style locally linear latents). It makes the prior's dependence on the action "
+             "learnable within a few hundred updates on pixels; 0 disables it (the paper's model).")
     image_scale: float = doc(1.0, "Weight of the image log-likelihood.")
     proprio: bool = doc(False, "Also encode and reconstruct the proprioceptive state (Baoding balls).")
     proprio_embed: int = doc(64, "Proprioception embedding size (concatenated to the image embedding).")
@@ -41,6 +45,8 @@ class ModelConfig:
             raise ConfigError(f"agent.model.free_nats must be >= 0, got {self.free_nats}")
         if not 0.0 <= self.kl_balance < 1.0:
             raise ConfigError(f"agent.model.kl_balance must be in [0, 1) (0 disables it), got {self.kl_balance}")
+        if self.latent_action_scale < 0:
+            raise ConfigError(f"agent.model.latent_action_scale must be >= 0, got {self.latent_action_scale}")
         if self.lr <= 0:
             raise ConfigError(f"agent.model.lr must be positive, got {self.lr}")
 
@@ -48,7 +54,8 @@ class ModelConfig:
 class WorldModel(nn.Module):
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, state_dim: int = 0, *,
                  deter: int = 200, stoch: int = 30, hidden: int = 200, depth: int = 32, min_std: float = 0.1,
-                 proprio: bool = False, proprio_embed: int = 64, proprio_units: int = 200):
+                 proprio: bool = False, proprio_embed: int = 64, proprio_units: int = 200,
+                 latent_action: bool = False):
         super().__init__()
         C, H, W = obs_shape
         if H != W:
@@ -68,13 +75,14 @@ class WorldModel(nn.Module):
         self.decoder = ConvDecoder(self.rssm.feat_dim, C, H, depth)
         if proprio:
             self.proprio_decoder = mlp(self.rssm.feat_dim, state_dim, proprio_units, 2)
+        self.action_head = nn.Linear(stoch, action_dim) if latent_action else None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, obs_shape: tuple[int, int, int], action_dim: int,
                     state_dim: int = 0) -> "WorldModel":
         return cls(obs_shape, action_dim, state_dim, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.hidden,
                    depth=cfg.depth, min_std=cfg.min_std, proprio=cfg.proprio, proprio_embed=cfg.proprio_embed,
-                   proprio_units=cfg.proprio_units)
+                   proprio_units=cfg.proprio_units, latent_action=cfg.latent_action_scale > 0)
 
     @property
     def feat_dim(self) -> int:
@@ -92,10 +100,13 @@ class WorldModel(nn.Module):
 
     def losses(self, image: torch.Tensor, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                proprio: torch.Tensor | None = None, *, free_nats: float, kl_balance: float = 0.0,
-               kl_mask: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], State, State, dict[str, float]]:
+               kl_mask: torch.Tensor | None = None, action_mask: torch.Tensor | None = None
+               ) -> tuple[dict[str, torch.Tensor], State, State, dict[str, float]]:
         """Named negative log-likelihood / KL terms for a batch of sequences, the posterior and prior
         states, and float metrics. ``image`` [B, T, C, H, W] preprocessed, ``embed`` from
-        :meth:`encode`, ``action`` [B, T, A] in [-1, 1], ``is_first`` [B, T]."""
+        :meth:`encode`, ``action`` [B, T, A] in [-1, 1], ``is_first`` [B, T]. ``action_mask`` [B]
+        (float) marks the sequences whose actions were recorded, the only ones the latent-action
+        loss reads (default: all)."""
         post, prior = self.rssm.observe(embed, action, is_first)
         feat = self.rssm.feat(post)
         recon = self.decoder(feat)
@@ -105,11 +116,43 @@ class WorldModel(nn.Module):
         image_nll = 0.5 * err.reshape(*err.shape[:-3], -1).pow(2).sum(-1).mean()
         kl, kl_value = kl_loss(post, prior, free_nats, kl_balance, kl_mask)
         losses = {"image": image_nll, "kl": kl}
+        if self.action_head is not None:
+            losses["latent_action"] = self.latent_action_loss(post, action, is_first, action_mask)
         if self.proprio_decoder is not None:
             losses["proprio"] = 0.5 * (self.proprio_decoder(feat) - proprio).pow(2).sum(-1).mean()
         metrics = {"kl_value": kl_value.detach(), "image_mse": err.detach().pow(2).mean(),
                    "prior_std": prior.std.detach().mean(), "post_std": post.std.detach().mean()}
         return losses, post, prior, metrics
+
+    def latent_action_loss(self, post: State, action: torch.Tensor, is_first: torch.Tensor,
+                           action_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error of ``action_head(z_t+1 - z_t)`` (posterior means) against ``a_t+1``,
+        over transitions inside an episode of the sequences ``action_mask`` [B] marks."""
+        if self.action_head is None:
+            raise ValueError("this world model has no latent-action head (model.latent_action_scale=0)")
+        pred = self.action_head(post.mean[:, 1:] - post.mean[:, :-1])
+        weight = (~is_first[:, 1:]).to(pred.dtype)
+        if action_mask is not None:
+            weight = weight * action_mask.to(pred.dtype)[:, None]
+        err = (pred.float() - action[:, 1:].float()).pow(2).mean(-1)
+        return (err * weight).sum() / weight.sum().clamp(min=1.0)
+
+    @torch.no_grad()
+    def action_sensitivity(self, post: State, action: torch.Tensor, is_first: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One-step prior error from each posterior state, with the recorded actions and with zero
+        actions: ``|prior(z_t, a_t+1).mean - post_t+1.mean|``, averaged over transitions. If the two
+        match, the prior ignores the actions and imagination gives the actor no gradient."""
+        prev = post.map(lambda x: x[:, :-1].reshape(-1, x.shape[-1]))
+        target = post.mean[:, 1:].reshape(-1, post.mean.shape[-1])
+        act = action[:, 1:].reshape(-1, action.shape[-1])
+        keep = (~is_first[:, 1:]).reshape(-1).to(target.dtype)
+        n = keep.sum().clamp(min=1.0)
+
+        def err(a: torch.Tensor) -> torch.Tensor:
+            return ((self.rssm.img_step(prev, a, sample=False).mean - target).norm(dim=-1) * keep).sum() / n
+
+        change = ((post.mean[:, 1:] - post.mean[:, :-1]).reshape(-1, target.shape[-1]).norm(dim=-1) * keep).sum() / n
+        return {"prior_err": err(act), "prior_err_zero_action": err(torch.zeros_like(act)), "latent_step": change}
 
     @torch.no_grad()
     def open_loop(self, obs: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor, context: int,
