@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imitation import rewards
 from vmil.config import ConfigError, doc
 from world_model.networks import mlp
 
 INPUTS = ("zaz", "za", "zz", "z")
-REWARD_FORMS = ("prob", "log", "logit")
+REWARD_FORMS = ("prob",) + rewards.TRANSFORMS
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class DiscriminatorConfig:
         "input", "Gradient penalty: input = (|grad_x D(x_mix)| - 1)^2 on expert/agent mixtures (WGAN-GP); "
                  "params = (|grad_theta mean D(x_mix)| - 1)^2 (the public code); none.")
     penalty_coef: float = doc(1.0, "Weight of the gradient penalty.")
-    reward: Literal["prob", "log", "logit"] = doc(
-        "prob", "Reward from D: prob = D (the paper), log = log D, logit = log D - log(1 - D).")
+    reward: Literal["prob", "log", "logit", "neg_log_one_minus", "fairl"] = doc(
+        "prob", "Reward from D: prob = D (the paper), or a transform of imitation.rewards: log = log D, "
+                "logit = log D - log(1 - D), neg_log_one_minus = -log(1 - D), fairl.")
     reward_scale: float = doc(1.0, "Multiplies the reward.")
     agent_samples: int = doc(0, "Imagined agent transitions per discriminator update; 0: as many as the "
                                 "expert transitions in the batch.")
@@ -195,16 +197,11 @@ def param_gradient_penalty(disc: nn.Module, expert_x: torch.Tensor, agent_x: tor
 
 
 def reward_from_logit(logit: torch.Tensor, form: str, scale: float = 1.0) -> torch.Tensor:
-    """Reward from discriminator logits: prob = D = sigmoid(logit), log = log D, logit = log D - log(1 - D)
-    (all increase with how expert-like the transition looks)."""
-    if form == "prob":
-        r = torch.sigmoid(logit)
-    elif form == "log":
-        r = F.logsigmoid(logit)
-    elif form == "logit":
-        r = logit
-    else:
+    """Reward from discriminator logits: prob = D = sigmoid(logit) (the paper), or one of the
+    transforms of :func:`imitation.rewards.transform` (log D, the logit, -log(1 - D), FAIRL)."""
+    if form not in REWARD_FORMS:
         raise ValueError(f"reward form must be one of {REWARD_FORMS}, got {form!r}")
+    r = torch.sigmoid(logit) if form == "prob" else rewards.transform(logit, form)
     return scale * r
 
 

@@ -203,7 +203,7 @@ class VMILAgent:
         kl_mask = None
         with self._autocast():
             embed = self.wm.encode(image, proprio)
-            expert_given = expert_action
+            expert_recorded = expert_action is not None
             if expert_action is None:
                 if self.idm is not None:
                     e = embed.float() if self.cfg.idm_encoder_grad else embed.detach().float()
@@ -216,7 +216,7 @@ class VMILAgent:
                                          torch.zeros(image.shape[0] - B, T, device=image.device)])
                 expert_action = self._infer_actions(embed[B:], is_first[B:])
             recorded = torch.ones(image.shape[0], device=image.device)
-            if expert_given is None:  # inferred or zero expert actions must not shape the latents
+            if not expert_recorded:  # inferred or zero expert actions must not shape the latents
                 recorded[B:] = 0.0
             action = torch.cat([agent_action, expert_action])
             wm_losses, post, _, metrics = self.wm.losses(
@@ -258,8 +258,9 @@ class VMILAgent:
             image = preprocess_image(torch.cat([batch.obs, expert.obs]).to(dev))
             is_first = torch.cat([batch.is_first, expert.is_first]).to(dev)
             expert_given = self._norm_action(expert.action) if expert.action is not None else None
+            agent_action, agent_first = self._norm_action(batch.action), batch.is_first.to(dev)
             losses, post, expert_action, wm_metrics = self._model_fn(
-                image, is_first, self.proprio(batch, expert), self._norm_action(batch.action), expert_given)
+                image, is_first, self.proprio(batch, expert), agent_action, expert_given)
             weights = {"image": cfg.model.image_scale, "kl": cfg.model.kl_scale,
                        "proprio": cfg.model.proprio_scale, "idm": cfg.idm_scale,
                        "latent_action": cfg.model.latent_action_scale}
@@ -270,8 +271,7 @@ class VMILAgent:
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
             post = post.detach()
             # Whether the prior uses the actions at all; without that the actor has no gradient.
-            sens = self.wm.action_sensitivity(post.map(lambda x: x[:B]), self._norm_action(batch.action),
-                                              batch.is_first.to(dev))
+            sens = self.wm.action_sensitivity(post.map(lambda x: x[:B]), agent_action, agent_first)
             m.update({f"model/{k}": v for k, v in sens.items()})
         if self.updates < cfg.model_warmup:
             self.updates += 1
@@ -303,7 +303,7 @@ class VMILAgent:
             samples = cfg.disc.agent_samples or expert.obs.shape[0] * (expert.obs.shape[1] - 1)
             if cfg.disc.agent_source == "replay":
                 x_agent, w_agent = sequence_transitions(self.disc_features(post.map(lambda x: x[:B])),
-                                                        self._norm_action(batch.action), batch.is_first.to(dev),
+                                                        agent_action, agent_first,
                                                         self.disc.inputs)
                 x_agent = x_agent[w_agent > 0]
                 if x_agent.shape[0] == 0:

@@ -78,6 +78,7 @@ def test_reward_forms_and_bce_by_hand():
     assert np.allclose(reward_from_logit(logit, "prob").numpy(), p)
     assert np.allclose(reward_from_logit(logit, "log").numpy(), np.log(p), atol=1e-6)
     assert np.allclose(reward_from_logit(logit, "logit", scale=2.0).numpy(), 2 * logit.numpy())
+    assert np.allclose(reward_from_logit(logit, "neg_log_one_minus").numpy(), -np.log(1 - p), atol=1e-6)
     with pytest.raises(ValueError, match="reward form"):
         reward_from_logit(logit, "exp")
     losses = bce_losses(torch.tensor([0.0, 2.0]), torch.tensor([-1.0]))
@@ -190,6 +191,41 @@ def test_model_warmup_trains_only_the_world_model_first():
     assert changed(s0, s1) == {"wm"} and "actor/loss" not in metrics and "model/image" in metrics
     agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=1)
     assert changed(s1, snap()) == {"wm", "actor", "critic", "disc"} and agent.updates == 2
+
+
+@pytest.mark.parametrize("has_actions", [False, True])
+def test_latent_action_loss_reads_only_recorded_actions(has_actions):
+    """Inferred expert actions must not shape the latents: with observation-only demos the loss
+    covers the agent sequences only; with recorded expert actions, both."""
+    agent = build(has_actions, model=ModelConfig(deter=16, stoch=4, hidden=16, depth=4, latent_action_scale=10.0))
+    batch, expert = make_batch(3, 6, True), make_batch(2, 6, has_actions, seed=1)
+    image = vmil.preprocess_image(torch.cat([batch.obs, expert.obs]))
+    is_first = torch.cat([batch.is_first, expert.is_first])
+    given = agent._norm_action(expert.action) if has_actions else None
+    losses, post, expert_action, _ = agent._model_losses(image, is_first, None, agent._norm_action(batch.action),
+                                                         given)
+    action = torch.cat([agent._norm_action(batch.action), expert_action])
+    rows = 5 if has_actions else 3
+    cut = lambda x: x[:rows]  # noqa: E731
+    expected = agent.wm.latent_action_loss(post.map(cut), action[:rows], is_first[:rows])
+    assert torch.isclose(losses["latent_action"], expected)
+    if not has_actions:  # the expert rows would change the value if they were read
+        assert not torch.isclose(agent.wm.latent_action_loss(post, action, is_first), expected)
+    metrics = agent.update(batch, expert, step=0)
+    assert {"model/latent_action", "model/prior_err", "model/prior_err_zero_action"} <= set(metrics)
+
+
+@pytest.mark.parametrize("encoder_grad", [False, True])
+def test_idm_loss_trains_the_encoder_only_when_asked(encoder_grad):
+    agent = build(False, idm_encoder_grad=encoder_grad, idm_scale=3.0)
+    batch, expert = make_batch(3, 6, True), make_batch(2, 6, False, seed=1)
+    image = vmil.preprocess_image(torch.cat([batch.obs, expert.obs]))
+    losses, _, _, _ = agent._model_losses(image, torch.cat([batch.is_first, expert.is_first]), None,
+                                          agent._norm_action(batch.action), None)
+    losses["idm"].backward()
+    grads = [p.grad for p in agent.wm.encoder.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads) == encoder_grad
+    assert all(p.grad is not None for p in agent.idm.parameters())
 
 
 def test_disc_latent_mean_and_replay_agent_source():
