@@ -125,6 +125,21 @@ def test_encoder_decoder_shapes():
         enc(torch.zeros(2, 3, 32, 32))
 
 
+def test_cnn_act_picks_the_conv_activation():
+    from torch import nn
+
+    def acts(module):
+        return {type(m) for m in module.modules() if isinstance(m, (nn.ReLU, nn.ELU))}
+
+    relu = WorldModel((3, 64, 64), 2, deter=8, stoch=4, hidden=8, depth=4)
+    elu = WorldModel((3, 64, 64), 2, deter=8, stoch=4, hidden=8, depth=4, cnn_act="elu")
+    assert acts(relu.encoder) == acts(relu.decoder) == {nn.ReLU}
+    assert acts(elu.encoder) == acts(elu.decoder) == {nn.ELU}
+    assert WorldModel.from_config(ModelConfig(depth=4, cnn_act="elu"), (3, 64, 64), 2).encoder.net[1].__class__ is nn.ELU
+    with pytest.raises(ValueError, match="cnn_act"):
+        WorldModel((3, 64, 64), 2, cnn_act="tanh")
+
+
 def test_preprocess_roundtrip():
     obs = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     assert torch.equal(postprocess_image(preprocess_image(obs)), obs)
