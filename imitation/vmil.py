@@ -301,18 +301,21 @@ class VMILAgent:
         # agent ones as expert ones unless disc.agent_samples says otherwise.
         with self._part("discriminator"):
             samples = cfg.disc.agent_samples or expert.obs.shape[0] * (expert.obs.shape[1] - 1)
-            if cfg.disc.agent_source == "replay":
-                x_agent, w_agent = sequence_transitions(self.disc_features(post.map(lambda x: x[:B])),
-                                                        agent_action, agent_first,
-                                                        self.disc.inputs)
-                x_agent = x_agent[w_agent > 0]
-                if x_agent.shape[0] == 0:
+            source = cfg.disc.agent_source
+            n_replay = {"replay": samples, "imagined": 0, "both": samples // 2}[source]
+            parts = []
+            if n_replay > 0:
+                x_replay, w_replay = sequence_transitions(self.disc_features(post.map(lambda x: x[:B])),
+                                                          agent_action, agent_first, self.disc.inputs)
+                x_replay = x_replay[w_replay > 0]
+                if x_replay.shape[0] == 0:
                     raise ValueError("the agent batch holds no transitions (every step starts an episode); "
                                      "agent.seq_len must be >= 2 and episodes longer than one step")
-                x_agent = x_agent[torch.randint(x_agent.shape[0], (samples,), device=dev)]
-            else:  # only the sampled imagined transitions are assembled, not all H x N of them
-                idx = torch.randint(actions.shape[0] * actions.shape[1], (samples,), device=dev)
-                x_agent = imagined_transitions(z_imagined.detach(), actions.detach(), self.disc.inputs, idx)
+                parts.append(x_replay[torch.randint(x_replay.shape[0], (n_replay,), device=dev)])
+            if samples - n_replay > 0:  # only the sampled imagined transitions are assembled, not all H x N
+                idx = torch.randint(actions.shape[0] * actions.shape[1], (samples - n_replay,), device=dev)
+                parts.append(imagined_transitions(z_imagined.detach(), actions.detach(), self.disc.inputs, idx))
+            x_agent = torch.cat(parts)
             dm, skip = self._disc_update(z_expert, expert_action.detach(), expert.is_first.to(dev), x_agent, step)
             m.update(dm)
             skipped += skip
