@@ -301,8 +301,7 @@ class VMILAgent:
         # agent ones as expert ones unless disc.agent_samples says otherwise.
         with self._part("discriminator"):
             samples = cfg.disc.agent_samples or expert.obs.shape[0] * (expert.obs.shape[1] - 1)
-            source = cfg.disc.agent_source
-            n_replay = {"replay": samples, "imagined": 0, "both": samples // 2}[source]
+            n_replay = {"replay": samples, "imagined": 0, "both": samples // 2}[cfg.disc.agent_source]
             parts = []
             if n_replay > 0:
                 x_replay, w_replay = sequence_transitions(self.disc_features(post.map(lambda x: x[:B])),

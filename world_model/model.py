@@ -61,8 +61,7 @@ class ModelConfig:
 class WorldModel(nn.Module):
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, state_dim: int = 0, *,
                  deter: int = 200, stoch: int = 30, hidden: int = 200, depth: int = 32, cnn_act: str = "relu",
-                 min_std: float = 0.1,
-                 proprio: bool = False, proprio_embed: int = 64, proprio_units: int = 200,
+                 min_std: float = 0.1, proprio: bool = False, proprio_embed: int = 64, proprio_units: int = 200,
                  latent_action: bool = False):
         super().__init__()
         C, H, W = obs_shape
@@ -91,8 +90,8 @@ class WorldModel(nn.Module):
     def from_config(cls, cfg: ModelConfig, obs_shape: tuple[int, int, int], action_dim: int,
                     state_dim: int = 0) -> "WorldModel":
         return cls(obs_shape, action_dim, state_dim, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.hidden,
-                   depth=cfg.depth, cnn_act=cfg.cnn_act, min_std=cfg.min_std, proprio=cfg.proprio, proprio_embed=cfg.proprio_embed,
-                   proprio_units=cfg.proprio_units, latent_action=cfg.latent_action_scale > 0)
+                   depth=cfg.depth, cnn_act=cfg.cnn_act, min_std=cfg.min_std, proprio=cfg.proprio,
+                   proprio_embed=cfg.proprio_embed, proprio_units=cfg.proprio_units, latent_action=cfg.latent_action_scale > 0)
 
     @property
     def feat_dim(self) -> int:
