@@ -182,6 +182,10 @@ class ImitationAgent:
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = sorted({"rl", "sim_scale", "disc_updates"} - set(state))
+        if missing:
+            raise KeyError(f"{self.cfg.variant} checkpoint lacks {missing}: it was saved by another algorithm or "
+                           "by an older vmil; start a new run")
         self.rl.load_state_dict(state["rl"])
         self.sim_scale = float(state["sim_scale"])
         self.disc_updates = int(state["disc_updates"])
@@ -265,8 +269,6 @@ class ImitationAgent:
         with rl.timed("critic"):
             action = rl.to_unit_action(batch.action.to(self.device))
             h = rl.encode(rl.augment(batch.obs))
-            with torch.no_grad():
-                h_next = rl.encode(rl.augment(batch.next_obs))
         with rl.timed("discriminator"):
             metrics = self.update_discriminator(batch, expert, h)
         self.disc_updates += 1
@@ -278,6 +280,8 @@ class ImitationAgent:
             reward, reward_metrics = self.reward(batch, expert)
         metrics.update(reward_metrics)
         with rl.timed("critic"):
+            with torch.no_grad():  # only after the warm-up: until then the critic does not train
+                h_next = rl.encode(rl.augment(batch.next_obs))
             metrics.update(rl.critic_step(h, action, reward, batch.discount.to(self.device), h_next, step))
         with rl.timed("actor"):
             extra, weights = None, None

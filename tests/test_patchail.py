@@ -222,6 +222,8 @@ def test_state_dict_round_trip_keeps_discriminator_and_lambda():
         assert torch.equal(a, b)
     with pytest.raises(KeyError, match="no discriminator"):
         other.load_state_dict({k: v for k, v in agent.state_dict().items() if k not in ("disc", "disc_opt")})
+    with pytest.raises(KeyError, match=r"lacks \['disc_updates'\]"):
+        other.load_state_dict({k: v for k, v in agent.state_dict().items() if k != "disc_updates"})
 
 
 # ---------------------------------------------------------------------------------------------
