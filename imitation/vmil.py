@@ -114,6 +114,8 @@ class VMILAgent:
         if self.idm is not None:
             self.opt_model.add_param_group({"params": list(self.idm.parameters()), "lr": cfg.idm_lr})
         self._model_params = model_params
+        # A separate optimiser: its extra steps must not advance the world model optimiser's moments.
+        self.opt_prior = _adam(self.wm.dynamics_parameters(), m.lr, m.eps, device) if m.prior_steps else None
         self.opt_actor = _adam(list(self.ac.actor.parameters()), b.actor_lr, b.eps, device)
         self.opt_critic = _adam(list(self.ac.critic.parameters()), b.critic_lr, b.eps, device)
         self.opt_disc = _adam(list(self.disc.parameters()), cfg.disc.lr, cfg.disc.eps, device)
@@ -270,6 +272,11 @@ class VMILAgent:
             m.update({f"model/{k}": v for k, v in wm_metrics.items()})
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
             post = post.detach()
+            for _ in range(cfg.model.prior_steps):
+                fit = self.wm.prior_fit_loss(post.map(lambda x: x[:B]), agent_action, agent_first)
+                out = optimize(fit, self.opt_prior, self.wm.dynamics_parameters(), cfg.grad_clip)
+                m["model/prior_fit"] = fit.detach()
+                skipped += out["skipped"]
             # Whether the prior uses the actions at all; without that the actor has no gradient.
             sens = self.wm.action_sensitivity(post.map(lambda x: x[:B]), agent_action, agent_first)
             m.update({f"model/{k}": v for k, v in sens.items()})
@@ -418,6 +425,8 @@ class VMILAgent:
                  "opt_actor": self.opt_actor, "opt_critic": self.opt_critic, "opt_disc": self.opt_disc}
         if self.idm is not None:
             parts["idm"] = self.idm
+        if self.opt_prior is not None:
+            parts["opt_prior"] = self.opt_prior
         return parts
 
     def state_dict(self) -> dict[str, Any]:

@@ -307,6 +307,33 @@ def test_visualize_reward_and_imagination_outputs():
     assert analysis.imagine_strip(agent, make_batch(2, 6, True), start=1, horizon=2).shape == (2 * 65 - 1, 3 * 65 - 1, 3)
 
 
+def test_prior_steps_fit_only_the_dynamics_on_agent_sequences(monkeypatch):
+    """model.prior_steps extra steps move only the dynamics parameters, with their own optimiser, and
+    read only the agent sequences (the expert's actions are inferred)."""
+    agent = build(False, model=ModelConfig(deter=16, stoch=4, hidden=16, depth=4, prior_steps=3),
+                  model_warmup=10)
+    seen = []
+    fit = agent.wm.prior_fit_loss
+    monkeypatch.setattr(agent.wm, "prior_fit_loss", lambda post, a, f: seen.append(post.mean.shape[0]) or fit(post, a, f))
+    plain = build(False, model_warmup=10)
+    plain.wm.load_state_dict(agent.wm.state_dict())
+    batch, expert = make_batch(3, 6, True), make_batch(2, 6, False, seed=1)
+    torch.manual_seed(1)
+    metrics = agent.update(batch, expert, step=0)
+    torch.manual_seed(1)
+    plain.update(batch, expert, step=0)
+    assert seen == [3, 3, 3] and math.isfinite(metrics["model/prior_fit"]) and metrics["skipped"] == 0.0
+    dynamics = {id(p) for p in agent.wm.dynamics_parameters()}
+    for (name, p), q in zip(agent.wm.named_parameters(), plain.wm.parameters()):
+        assert torch.equal(p, q) != (id(p) in dynamics), name  # the same main step; then only dynamics moved
+    assert len(agent.opt_prior.state_dict()["state"]) == len(dynamics)
+    other = build(False, model=ModelConfig(deter=16, stoch=4, hidden=16, depth=4, prior_steps=3), model_warmup=10)
+    other.load_state_dict(agent.state_dict())
+    assert other.opt_prior.state_dict()["state"]
+    with pytest.raises(ValueError, match="unexpected keys \\['opt_prior'\\]"):
+        plain.load_state_dict(agent.state_dict())
+
+
 def test_state_dict_roundtrip_and_rejections():
     agent = build(False)
     agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)

@@ -321,6 +321,32 @@ def test_action_sensitivity_matches_a_loop_over_img_step():
     assert torch.isclose(out["latent_step"], torch.stack(steps).mean(), atol=1e-5)
 
 
+def test_prior_fit_loss_matches_a_loop_and_trains_only_the_dynamics():
+    torch.manual_seed(0)
+    wm = WorldModel((3, 64, 64), 2, deter=8, stoch=4, hidden=8, depth=4)
+    B, T = 2, 4
+    post = State(torch.randn(B, T, 4), torch.rand(B, T, 4) + 0.1, torch.randn(B, T, 4), torch.randn(B, T, 8))
+    action = torch.randn(B, T, 2)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[1, 2] = True
+    kls = []
+    with torch.no_grad():
+        for b in range(B):
+            for t in range(1, T):
+                if is_first[b, t]:
+                    continue
+                prior = wm.rssm.img_step(post.map(lambda x: x[b:b + 1, t - 1]), action[b:b + 1, t], sample=False)
+                kls.append(kl_normal(post.mean[b, t], post.std[b, t], prior.mean[0], prior.std[0]))
+    loss = wm.prior_fit_loss(post.map(lambda x: x.requires_grad_()), action, is_first)
+    assert len(kls) == 5 and torch.isclose(loss, torch.stack(kls).mean(), atol=1e-5)
+    loss.backward()
+    dynamics = {id(p) for p in wm.dynamics_parameters()}
+    assert dynamics and all(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.dynamics_parameters())
+    assert all(p.grad is None for p in wm.parameters() if id(p) not in dynamics)  # posterior, convs untouched
+    assert post.mean.grad is None  # the targets are detached
+
+
 # ------------------------------------------------------------------------------ configs
 
 @pytest.mark.parametrize("make, match", [
@@ -331,6 +357,7 @@ def test_action_sensitivity_matches_a_loop_over_img_step():
     (lambda: ModelConfig(kl_balance=1.0), "kl_balance"),
     (lambda: ModelConfig(free_nats=-1.0), "free_nats"),
     (lambda: ModelConfig(latent_action_scale=-1.0), "latent_action_scale"),
+    (lambda: ModelConfig(prior_steps=-1), "prior_steps"),
 ])
 def test_bad_config_values_fail_clearly(make, match):
     with pytest.raises(ConfigError, match=match):
