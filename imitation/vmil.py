@@ -272,13 +272,16 @@ class VMILAgent:
             m.update({f"model/{k}": v for k, v in wm_metrics.items()})
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
             post = post.detach()
-            for _ in range(cfg.model.prior_steps):
-                fit = self.wm.prior_fit_loss(post.map(lambda x: x[:B]), agent_action, agent_first)
-                out = optimize(fit, self.opt_prior, self.wm.dynamics_parameters(), cfg.grad_clip)
+            agent_post = post.map(lambda x: x[:B])
+            if self.opt_prior is not None:
+                dynamics = self.wm.dynamics_parameters()
+                for _ in range(cfg.model.prior_steps):
+                    fit = self.wm.prior_fit_loss(agent_post, agent_action, agent_first)
+                    out = optimize(fit, self.opt_prior, dynamics, cfg.grad_clip)
+                    skipped += out["skipped"]
                 m["model/prior_fit"] = fit.detach()
-                skipped += out["skipped"]
             # Whether the prior uses the actions at all; without that the actor has no gradient.
-            sens = self.wm.action_sensitivity(post.map(lambda x: x[:B]), agent_action, agent_first)
+            sens = self.wm.action_sensitivity(agent_post, agent_action, agent_first)
             m.update({f"model/{k}": v for k, v in sens.items()})
         if self.updates < cfg.model_warmup:
             self.updates += 1
@@ -289,7 +292,7 @@ class VMILAgent:
         with self._part("imagination"):
             with frozen(self.wm, self.disc, self.ac.critic):
                 z_imagined, feats, actions, reward, actor_loss, returns, weights, am = self._behavior_fn(
-                    post.map(lambda x: x[:B]).flatten())
+                    agent_post.flatten())
         with self._part("actor"):
             out = optimize(actor_loss, self.opt_actor, self.ac.actor.parameters(), cfg.grad_clip)
             m.update({"actor/loss": actor_loss.detach(), "actor/grad_norm": out["grad_norm"],
@@ -311,7 +314,7 @@ class VMILAgent:
             n_replay = {"replay": samples, "imagined": 0, "both": samples // 2}[cfg.disc.agent_source]
             parts = []
             if n_replay > 0:
-                x_replay, w_replay = sequence_transitions(self.disc_features(post.map(lambda x: x[:B])),
+                x_replay, w_replay = sequence_transitions(self.disc_features(agent_post),
                                                           agent_action, agent_first, self.disc.inputs)
                 x_replay = x_replay[w_replay > 0]
                 if x_replay.shape[0] == 0:

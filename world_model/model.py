@@ -66,6 +66,17 @@ class ModelConfig:
             raise ConfigError(f"agent.model.lr must be positive, got {self.lr}")
 
 
+def _one_step_pairs(post: State, action: torch.Tensor, is_first: torch.Tensor
+                    ) -> tuple[State, torch.Tensor, State, torch.Tensor]:
+    """Flattened one-step pairs of a [B, T] posterior: (state_t, a_t+1, state_t+1, weight), with
+    weight 0 where t+1 starts an episode."""
+    prev = post.map(lambda x: x[:, :-1].reshape(-1, x.shape[-1]))
+    nxt = post.map(lambda x: x[:, 1:].reshape(-1, x.shape[-1]))
+    act = action[:, 1:].reshape(-1, action.shape[-1])
+    keep = (~is_first[:, 1:]).reshape(-1).to(post.mean.dtype)
+    return prev, act, nxt, keep
+
+
 class WorldModel(nn.Module):
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, state_dim: int = 0, *,
                  deter: int = 200, stoch: int = 30, hidden: int = 200, depth: int = 32, cnn_act: str = "relu",
@@ -163,13 +174,9 @@ class WorldModel(nn.Module):
         """One-step KL(post_t+1 || prior(post_t, a_t+1)) with both posteriors detached, averaged over
         the transitions inside an episode: trains only :meth:`dynamics_parameters`. ``post`` [B, T, ...]
         from :meth:`losses`, ``action`` [B, T, A] (the action that led to each frame, recorded)."""
-        post = post.detach()
-        prev = post.map(lambda x: x[:, :-1].reshape(-1, x.shape[-1]))
-        prior = self.rssm.img_step(prev, action[:, 1:].reshape(-1, action.shape[-1]), sample=False)
-        target_mean = post.mean[:, 1:].reshape(-1, post.mean.shape[-1])
-        target_std = post.std[:, 1:].reshape(-1, post.std.shape[-1])
-        keep = (~is_first[:, 1:]).reshape(-1).to(target_mean.dtype)
-        kl = kl_normal(target_mean, target_std, prior.mean.float(), prior.std.float())
+        prev, act, target, keep = _one_step_pairs(post.detach(), action, is_first)
+        prior = self.rssm.img_step(prev, act, sample=False)
+        kl = kl_normal(target.mean, target.std, prior.mean.float(), prior.std.float())
         return (kl * keep).sum() / keep.sum().clamp(min=1.0)
 
     @torch.no_grad()
@@ -177,10 +184,8 @@ class WorldModel(nn.Module):
         """One-step prior error from each posterior state, with the recorded actions and with zero
         actions: ``|prior(z_t, a_t+1).mean - post_t+1.mean|``, averaged over transitions. If the two
         match, the prior ignores the actions and imagination gives the actor no gradient."""
-        prev = post.map(lambda x: x[:, :-1].reshape(-1, x.shape[-1]))
-        target = post.mean[:, 1:].reshape(-1, post.mean.shape[-1])
-        act = action[:, 1:].reshape(-1, action.shape[-1])
-        keep = (~is_first[:, 1:]).reshape(-1).to(target.dtype)
+        prev, act, nxt, keep = _one_step_pairs(post, action, is_first)
+        target = nxt.mean
         n = keep.sum().clamp(min=1.0)
 
         def err(a: torch.Tensor) -> torch.Tensor:
