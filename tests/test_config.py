@@ -102,6 +102,33 @@ def test_env_layer_applies_by_family(tmp_path, monkeypatch):
         resolve("bc", Config, "toy:reach", "cpu")
 
 
+def test_algo_settings_for_one_env_family(tmp_path, monkeypatch):
+    """An algo file's env_families.<family> lands above the env layer, only on that family, and a
+    family name that does not exist is named with the nearest one."""
+    from imitation.bc import Config
+
+    root = tmp_path / "configs"
+    for sub in ("size", "algo", "env"):
+        (root / sub).mkdir(parents=True)
+    (root / "size" / "cpu.yaml").write_text("train: {env_steps: 10}\n")
+    (root / "env" / "toy.yaml").write_text("defaults: {env: {image_size: 80}}\n")
+    (root / "env" / "dmc.yaml").write_text("defaults: {env: {image_size: 80}}\n")
+    (root / "algo" / "bc.yaml").write_text(
+        "presets: {cpu: {agent: {lr: 0.5}}}\n"
+        "env_families: {dmc: {defaults: {env: {image_size: 48}}, presets: {cpu: {agent: {lr: 0.25}}}}}\n")
+    monkeypatch.setattr("vmil.config.configs_root", lambda: root)
+    toy, dmc = resolve("bc", Config, "toy:reach", "cpu"), resolve("bc", Config, "dmc:cartpole_swingup", "cpu")
+    assert (toy.env.image_size, toy.agent.lr) == (80, 0.5)
+    assert (dmc.env.image_size, dmc.agent.lr) == (48, 0.25)
+    assert resolve("bc", Config, "dmc:cartpole_swingup", "cpu", ["agent.lr=0.1"]).agent.lr == 0.1
+    (root / "algo" / "bc.yaml").write_text("env_families: {dcm: {defaults: {agent: {lr: 0.25}}}}\n")
+    with pytest.raises(ConfigError, match="env_families.dcm is not an env family; did you mean dmc"):
+        resolve("bc", Config, "toy:reach", "cpu")
+    (root / "algo" / "bc.yaml").write_text("env_families: {dmc: {agent: {lr: 0.25}}}\n")
+    with pytest.raises(ConfigError, match="env_families.dmc keys must be 'defaults' and 'presets'"):
+        resolve("bc", Config, "toy:reach", "cpu")
+
+
 def test_saved_config_round_trips(tmp_path):
     from imitation.bc import Config
 

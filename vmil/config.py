@@ -262,13 +262,31 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _layer(path: Path, preset: str) -> dict[str, Any]:
-    data = _read_yaml(path)
-    extra = set(data) - {"defaults", "presets"}
+def _layer(path: Path, preset: str, data: dict[str, Any] | None = None, where: str = "top-level",
+           allowed: frozenset[str] = frozenset({"defaults", "presets"})) -> dict[str, Any]:
+    data = _read_yaml(path) if data is None else data
+    extra = set(data) - allowed
     if extra:
-        raise ConfigError(f"{path}: top-level keys must be 'defaults' and 'presets', found {sorted(extra)}")
+        names = " and ".join(f"'{k}'" for k in sorted(allowed))
+        raise ConfigError(f"{path}: {where} keys must be {names}, found {sorted(extra)}")
     out = data.get("defaults") or {}
     return merge(out, (data.get("presets") or {}).get(preset) or {})
+
+
+def _algo_layers(path: Path, preset: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """An algorithm's own layer and its layer per env family: ``env_families: {dmc: {defaults,
+    presets}}`` holds what the algorithm needs only on that family (it lands above the env layer)."""
+    data = _read_yaml(path)
+    own = _layer(path, preset, data, allowed=frozenset({"defaults", "presets", "env_families"}))
+    valid = sorted(p.stem for p in (configs_root() / "env").glob("*.yaml"))
+    per_family = {}
+    for name, block in (data.get("env_families") or {}).items():
+        if name not in valid:
+            near = difflib.get_close_matches(name, valid, n=1)
+            raise ConfigError(f"{path}: env_families.{name} is not an env family"
+                              + (f"; did you mean {near[0]}?" if near else "") + f" (valid: {', '.join(valid)})")
+        per_family[name] = _layer(path, preset, block or {}, where=f"env_families.{name}")
+    return own, per_family
 
 
 def _check_preset(preset: str) -> None:
@@ -294,13 +312,15 @@ def resolve(algo: str, agent_cls: type, env_id: str | None = None, preset: str =
     _check_preset(preset)
     root = configs_root()
     data: dict[str, Any] = merge(base or {}, _read_yaml(root / "size" / f"{preset}.yaml"))
-    data = merge(data, _layer(root / "algo" / f"{algo}.yaml", preset))
     override_data: dict[str, Any] = {}
     for text in overrides:
         override_data = merge(override_data, parse_override(text))
+    algo_data, algo_per_family = _algo_layers(root / "algo" / f"{algo}.yaml", preset)
+    data = merge(data, algo_data)
     env = env_id or override_data.get("env", {}).get("id") or data.get("env", {}).get("id") or EnvConfig.id
     family = env.split(":", 1)[0]
     data = merge(data, _layer(root / "env" / f"{family}.yaml", preset))
+    data = merge(data, algo_per_family.get(family, {}))
     data = merge(data, override_data)
     data = merge(data, {"algo": algo, "env": {"id": env}})
     return from_dict(RunConfig, data, agent_cls=agent_cls)
