@@ -83,17 +83,23 @@ def test_layering_order():
     assert cfg.algo == "bc" and cfg.env.id == "toy:reach"
 
 
+def _config_tree(tmp_path, monkeypatch):
+    """An empty configs/ tree (size, algo, env) that resolve() reads instead of the package's."""
+    root = tmp_path / "configs"
+    for sub in ("size", "algo", "env"):
+        (root / sub).mkdir(parents=True)
+    monkeypatch.setattr("vmil.config.configs_root", lambda: root)
+    return root
+
+
 def test_env_layer_applies_by_family(tmp_path, monkeypatch):
     """configs/env/<family>.yaml sits between the algo preset and the command line."""
     from imitation.bc import Config
 
-    root = tmp_path / "configs"
-    for sub in ("size", "algo", "env"):
-        (root / sub).mkdir(parents=True)
+    root = _config_tree(tmp_path, monkeypatch)
     (root / "size" / "cpu.yaml").write_text("train: {env_steps: 10}\nenv: {image_size: 64}\n")
     (root / "algo" / "bc.yaml").write_text("defaults: {env: {image_size: 72}}\npresets: {cpu: {agent: {lr: 0.5}}}\n")
     (root / "env" / "toy.yaml").write_text("defaults: {env: {image_size: 80}}\npresets: {cpu: {env: {action_repeat: 4}}}\n")
-    monkeypatch.setattr("vmil.config.configs_root", lambda: root)
     cfg = resolve("bc", Config, "toy:reach", "cpu")
     assert (cfg.train.env_steps, cfg.env.image_size, cfg.env.action_repeat, cfg.agent.lr) == (10, 80, 4, 0.5)
     assert resolve("bc", Config, "toy:reach", "cpu", ["env.image_size=32"]).env.image_size == 32
@@ -107,16 +113,13 @@ def test_algo_settings_for_one_env_family(tmp_path, monkeypatch):
     family name that does not exist is named with the nearest one."""
     from imitation.bc import Config
 
-    root = tmp_path / "configs"
-    for sub in ("size", "algo", "env"):
-        (root / sub).mkdir(parents=True)
+    root = _config_tree(tmp_path, monkeypatch)
     (root / "size" / "cpu.yaml").write_text("train: {env_steps: 10}\n")
     (root / "env" / "toy.yaml").write_text("defaults: {env: {image_size: 80}}\n")
     (root / "env" / "dmc.yaml").write_text("defaults: {env: {image_size: 80}}\n")
     (root / "algo" / "bc.yaml").write_text(
         "presets: {cpu: {agent: {lr: 0.5}}}\n"
         "env_families: {dmc: {defaults: {env: {image_size: 48}}, presets: {cpu: {agent: {lr: 0.25}}}}}\n")
-    monkeypatch.setattr("vmil.config.configs_root", lambda: root)
     toy, dmc = resolve("bc", Config, "toy:reach", "cpu"), resolve("bc", Config, "dmc:cartpole_swingup", "cpu")
     assert (toy.env.image_size, toy.agent.lr) == (80, 0.5)
     assert (dmc.env.image_size, dmc.agent.lr) == (48, 0.25)

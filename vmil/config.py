@@ -282,9 +282,7 @@ def _algo_layers(path: Path, preset: str) -> tuple[dict[str, Any], dict[str, dic
     per_family = {}
     for name, block in (data.get("env_families") or {}).items():
         if name not in valid:
-            near = difflib.get_close_matches(name, valid, n=1)
-            raise ConfigError(f"{path}: env_families.{name} is not an env family"
-                              + (f"; did you mean {near[0]}?" if near else "") + f" (valid: {', '.join(valid)})")
+            raise ConfigError(_unknown_name(f"{path}: env_families.{name} is not an env family", name, valid))
         per_family[name] = _layer(path, preset, block or {}, where=f"env_families.{name}")
     return own, per_family
 
@@ -292,9 +290,12 @@ def _algo_layers(path: Path, preset: str) -> tuple[dict[str, Any], dict[str, dic
 def _check_preset(preset: str) -> None:
     valid = presets()
     if preset not in valid:
-        near = difflib.get_close_matches(preset, valid, n=1)
-        raise ConfigError(f"unknown preset '{preset}'" + (f"; did you mean {near[0]}?" if near else "")
-                          + f" (valid: {', '.join(valid)})")
+        raise ConfigError(_unknown_name(f"unknown preset '{preset}'", preset, valid))
+
+
+def _unknown_name(message: str, name: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(name, valid, n=1)
+    return message + (f"; did you mean {near[0]}?" if near else "") + f" (valid: {', '.join(valid)})"
 
 
 def resolve_env(env_id: str, preset: str = "cpu") -> EnvConfig:
