@@ -271,7 +271,8 @@ class VMILAgent:
             m.update({f"model/{k}": v.detach() for k, v in losses.items()})
             m.update({f"model/{k}": v for k, v in wm_metrics.items()})
             m["model/grad_norm"], skipped = out["grad_norm"], out["skipped"]
-            post = post.detach()
+            # CUDA autocast hands back bf16 states; what follows (prior fit, imagination starts) runs in fp32.
+            post = post.map(lambda x: x.detach().float())
             agent_post = post.map(lambda x: x[:B])
             if self.opt_prior is not None:
                 dynamics = self.wm.dynamics_parameters()
