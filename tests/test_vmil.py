@@ -334,6 +334,22 @@ def test_prior_steps_fit_only_the_dynamics_on_agent_sequences(monkeypatch):
         plain.load_state_dict(agent.state_dict())
 
 
+def test_update_takes_bf16_states_from_the_model_pass(monkeypatch):
+    """CUDA autocast returns the posterior in bf16; the fp32 steps after the model pass (prior fit,
+    action check, imagination starts) must still run. Emulated on CPU by casting the pass's states."""
+    agent = build(False, model=ModelConfig(deter=16, stoch=4, hidden=16, depth=4, prior_steps=1))
+    model_fn = agent._model_fn
+
+    def bf16_states(*args):
+        losses, post, expert_action, metrics = model_fn(*args)
+        return losses, post.map(lambda x: x.to(torch.bfloat16)), expert_action, metrics
+
+    monkeypatch.setattr(agent, "_model_fn", bf16_states)
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    assert metrics["skipped"] == 0.0 and math.isfinite(metrics["model/prior_fit"])
+    assert math.isfinite(metrics["actor/loss"])
+
+
 def test_state_dict_roundtrip_and_rejections():
     agent = build(False)
     agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
