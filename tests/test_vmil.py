@@ -453,7 +453,8 @@ def test_vmil_learns_toy_reach_from_observation_only_demos(tmp_path):
 
     demos = record_toy_demos(tmp_path / "demos", 100, keep_actions=False)
     cfg = resolve("vmil", vmil.Config, "toy:reach", "cpu")
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, video=False))
+    # 20 final episodes, as the BC test: a 10-episode score moves by about +-0.13 between evaluations.
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, video=False, eval_episodes=20))
     runner = build_run(cfg, demos, tmp_path / "run", tracking_uri=None, quiet=True)
     summary = runner.run()
     assert summary["normalized_score"] >= 0.8, summary
