@@ -227,6 +227,21 @@ def test_actor_learns_through_frozen_dynamics_only():
     assert all(p.grad is not None for p in ac.critic.parameters())
 
 
+def test_pre_tanh_reg_adds_the_mean_square_of_the_pre_tanh_means():
+    feats, reward = torch.randn(4, 5, 9), torch.randn(3, 5)
+    torch.manual_seed(0)
+    plain = ActorCritic(9, 2, BehaviorConfig(units=8, actor_layers=1, critic_layers=1))
+    torch.manual_seed(0)
+    reg = ActorCritic(9, 2, BehaviorConfig(units=8, actor_layers=1, critic_layers=1, pre_tanh_reg=0.5))
+    loss, _, _, _ = plain.actor_loss(feats, reward)
+    loss_reg, _, _, metrics = reg.actor_loss(feats, reward)
+    mean = plain.actor(feats[:-1])[0]
+    assert torch.allclose(loss_reg - loss, 0.5 * mean.pow(2).mean(), atol=1e-6)
+    assert torch.allclose(metrics["pre_tanh_sq"], mean.pow(2).mean())
+    with pytest.raises(ConfigError, match="pre_tanh_reg must be >= 0"):
+        BehaviorConfig(pre_tanh_reg=-1.0)
+
+
 def test_slow_target_refresh():
     ac = ActorCritic(4, 1, BehaviorConfig(units=4, slow_target=True, slow_target_update=2,
                                           slow_target_fraction=0.5))

@@ -34,6 +34,8 @@ class BehaviorConfig:
     min_std: float = doc(1e-4, "Actor's minimum pre-tanh standard deviation.")
     mean_scale: float = doc(5.0, "The actor's pre-tanh mean is squashed to (-mean_scale, mean_scale).")
     entropy: float = doc(0.0, "Actor entropy bonus weight (0 in Dreamer V1 / VMIL).")
+    pre_tanh_reg: float = doc(0.0, "Weight of mean(pre-tanh actor mean^2) in the actor loss (0 in Dreamer / "
+                              "VMIL). Keeps the policy out of tanh saturation, where its gradient vanishes.")
     slow_target: bool = doc(False, "Bootstrap lambda-returns with a slowly updated copy of the critic.")
     slow_target_update: int = doc(100, "Updates between slow-target refreshes.")
     slow_target_fraction: float = doc(1.0, "Fraction moved toward the critic at each refresh (1: copy).")
@@ -48,6 +50,8 @@ class BehaviorConfig:
         for name in ("units", "slow_target_update"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
+        if self.pre_tanh_reg < 0:
+            raise ConfigError(f"agent.behavior.pre_tanh_reg must be >= 0, got {self.pre_tanh_reg}")
         for name in ("actor_lr", "critic_lr", "init_std", "min_std", "mean_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
@@ -162,6 +166,10 @@ class ActorCritic(nn.Module):
         weights = discount_weights(self.cfg.gamma, H, returns)
         loss = -(weights * returns).mean()
         metrics = {"return_mean": returns.detach().mean(), "value_mean": next_value.detach().mean()}
+        if self.cfg.pre_tanh_reg > 0:
+            pre_tanh = self.actor(feats[:-1].detach())[0].float().pow(2).mean()
+            loss = loss + self.cfg.pre_tanh_reg * pre_tanh
+            metrics["pre_tanh_sq"] = pre_tanh.detach()
         if log_prob is not None:
             metrics["entropy"] = -log_prob.detach().mean()
         return loss, returns, weights, metrics
