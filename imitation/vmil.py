@@ -232,13 +232,13 @@ class VMILAgent:
         world model, discriminator and critic frozen)."""
         b, c = self.cfg.behavior, self.cfg.disc
         with self._autocast():
-            states, feats, actions, log_prob = imagine(self.wm.rssm, self.ac.actor, start, b.horizon,
-                                                       with_log_prob=b.entropy > 0)
-            z = self.disc_features(states)
-            logit = self.disc.transition_logit(z[:-1], actions, z[1:])
+            rollout = imagine(self.wm.rssm, self.ac.actor, start, b.horizon, with_log_prob=b.entropy > 0)
+            z = self.disc_features(rollout.states)
+            logit = self.disc.transition_logit(z[:-1], rollout.actions, z[1:])
             reward = reward_from_logit(logit.float(), c.reward, c.reward_scale)
-            loss, returns, weights, metrics = self.ac.actor_loss(feats, reward, log_prob)
-        return z, feats, actions, reward, loss, returns, weights, metrics
+            loss, returns, weights, metrics = self.ac.actor_loss(rollout.feats, reward, rollout.log_prob,
+                                                                 rollout.raw)
+        return z, rollout.feats, rollout.actions, reward, loss, returns, weights, metrics
 
     def update(self, batch: SequenceBatch, expert: SequenceBatch, step: int) -> dict[str, float]:
         if batch is None or expert is None:

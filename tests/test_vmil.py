@@ -171,6 +171,20 @@ def test_update_trains_every_part(has_actions):
     assert all(p.requires_grad for p in agent.wm.parameters())
 
 
+@pytest.mark.parametrize("dist, actor_grad", [("normal", "dynamics"), ("tanh_normal", "both"), ("normal", "reinforce")])
+def test_update_with_other_actor_distributions_and_gradients(dist, actor_grad):
+    behavior = BehaviorConfig(horizon=3, units=16, actor_layers=1, critic_layers=1, dist=dist, min_std=0.1,
+                              actor_grad=actor_grad)
+    agent = build(False, behavior=behavior)
+    before = [p.clone() for p in agent.ac.actor.parameters()]
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    assert metrics["skipped"] == 0.0 and math.isfinite(metrics["actor/loss"])
+    assert ("actor/advantage_abs" in metrics) == (actor_grad != "dynamics")
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.ac.actor.parameters()))
+    action, _ = agent.act(Obs(np.zeros((3, 64, 64), np.uint8), None, True), None, True)
+    assert np.abs(action).max() <= 1.0
+
+
 def test_zero_expert_actions_option_and_param_penalty():
     agent = build(False, expert_actions="zeros", disc=DiscriminatorConfig(units=16, layers=1, penalty="params",
                                                                          reward="logit"))

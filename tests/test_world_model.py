@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vmil.config import ConfigError
+from vmil.nn import optimize
 from world_model.behavior import Actor, ActorCritic, BehaviorConfig, frozen, imagine
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
@@ -157,9 +158,10 @@ def test_observe_and_imagine_shapes():
         assert (s.std >= 0.1).all()
     assert rssm.feat(post).shape == (B, T, 12)
     actor = Actor(12, A, units=8, layers=2)
-    states, feats, actions, logp = imagine(rssm, actor, post.flatten(), H, with_log_prob=True)
+    states, feats, actions, logp, raw = imagine(rssm, actor, post.flatten(), H, with_log_prob=True)
     assert feats.shape == (H + 1, B * T, 12) and actions.shape == (H, B * T, A) and logp.shape == (H, B * T)
     assert states.deter.shape == (H + 1, B * T, 7)
+    assert torch.allclose(torch.tanh(raw), actions)
     assert torch.equal(states.stoch[0], post.flatten().stoch)
     assert actions.abs().max() <= 1
     with pytest.raises(ValueError, match="observe expects"):
@@ -215,7 +217,7 @@ def test_actor_learns_through_frozen_dynamics_only():
     ac = ActorCritic(9, 2, BehaviorConfig(horizon=3, units=8, actor_layers=1, critic_layers=1))
     start = rssm.initial(4)
     with frozen(rssm, ac.critic):
-        _, feats, actions, _ = imagine(rssm, ac.actor, start, 3)
+        _, feats, actions, _, _ = imagine(rssm, ac.actor, start, 3)
         reward = -(actions ** 2).sum(-1)  # reward depends on the actions
         loss, returns, weights, _ = ac.actor_loss(feats, reward)
         loss.backward()
@@ -240,6 +242,91 @@ def test_pre_tanh_reg_adds_the_mean_square_of_the_pre_tanh_means():
     assert torch.allclose(metrics["pre_tanh_sq"], mean.pow(2).mean())
     with pytest.raises(ConfigError, match="pre_tanh_reg must be >= 0"):
         BehaviorConfig(pre_tanh_reg=-1.0)
+
+
+def test_actor_log_prob_of_given_pre_tanh_actions_matches_the_sample():
+    torch.manual_seed(0)
+    actor = Actor(6, 3, units=8, layers=2)
+    feat = torch.randn(5, 6)
+    action, logp, u = actor.sample_raw(feat, with_log_prob=True)
+    mean, std = actor(feat)
+    ref = (torch.distributions.Normal(mean.double(), std.double()).log_prob(u.double())
+           - torch.log1p(-torch.tanh(u.double()) ** 2)).sum(-1)
+    assert torch.allclose(actor.log_prob_of(feat, u).double(), ref, atol=1e-3)
+    assert torch.allclose(actor.log_prob_of(feat, u), logp, atol=1e-5)
+    assert torch.equal(action, torch.tanh(u))
+
+
+def test_normal_actor_is_bounded_with_straight_through_clip():
+    torch.manual_seed(0)
+    actor = Actor(6, 2, units=8, layers=2, min_std=0.1, dist="normal", max_std=1.0)
+    feat = torch.randn(400, 6)
+    mean, std = actor(feat)
+    assert mean.abs().max() < 1 and (std >= 0.1).all() and (std <= 1.0).all()
+    action, logp, raw = actor.sample_raw(feat, with_log_prob=True)
+    assert torch.equal(action, raw.clamp(-1, 1)) and (raw.abs() > 1).any()
+    ref = torch.distributions.Normal(mean, std).log_prob(raw).sum(-1)
+    assert torch.allclose(logp, ref, atol=1e-5) and torch.allclose(actor.log_prob_of(feat, raw), ref, atol=1e-5)
+    assert torch.equal(actor.mode(feat), mean)
+    # The clip passes the gradient straight through, also for samples beyond the bounds.
+    x = torch.tensor([-1.5, 0.3, 2.0], requires_grad=True)
+    actor.squash(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones(3))
+    with pytest.raises(ConfigError, match="min_std < max_std"):
+        BehaviorConfig(dist="normal", min_std=1.0, max_std=0.5)
+    with pytest.raises(ValueError, match="unknown actor distribution"):
+        Actor(6, 2, units=8, layers=2, dist="beta")
+
+
+@pytest.mark.parametrize("grad,mix", [("reinforce", 0.0), ("both", 0.3)])
+def test_reinforce_actor_loss_matches_the_score_function_reference(grad, mix):
+    torch.manual_seed(0)
+    cfg = BehaviorConfig(units=8, actor_layers=1, critic_layers=1, gamma=0.9, lam=0.8, actor_grad=grad,
+                         actor_grad_mix=mix)
+    ac = ActorCritic(9, 2, cfg)
+    H, N = 3, 5
+    feats, reward, u = torch.randn(H + 1, N, 9), torch.randn(H, N), torch.randn(H, N, 2)
+    loss, returns, weights, metrics = ac.actor_loss(feats, reward, raw=u)
+    with torch.no_grad():
+        ref_returns = lambda_return(reward, ac.critic(feats[1:]), 0.9, 0.8)
+        advantage = ref_returns - ac.critic(feats[:-1])
+    w = discount_weights(0.9, H, reward)
+    ref = -(w * (mix * ref_returns + (1 - mix) * ac.actor.log_prob_of(feats[:-1], u) * advantage)).mean()
+    assert torch.allclose(returns, ref_returns, atol=1e-6)
+    assert torch.allclose(loss, ref, atol=1e-6)
+    assert torch.allclose(metrics["advantage_abs"], advantage.abs().mean())
+    with pytest.raises(ValueError, match="needs the rollout's raw actor samples"):
+        ac.actor_loss(feats, reward)
+
+
+def test_reinforce_learns_where_the_reward_has_no_gradient():
+    """A one-step bandit whose reward is not differentiable in the action (0/1 for landing in a
+    target interval): the dynamics gradient is zero, REINFORCE moves the actor to the target."""
+    torch.set_num_threads(1)
+    feats = torch.zeros(2, 256, 4)
+
+    def train(actor_grad: str) -> tuple[float, float]:
+        """The final hit rate of sampled actions and the actor's mode, after training actor and critic."""
+        torch.manual_seed(0)
+        ac = ActorCritic(4, 1, BehaviorConfig(horizon=1, units=16, actor_layers=1, critic_layers=1, init_std=1.0,
+                                              actor_grad=actor_grad))
+        actor_opt = torch.optim.Adam(ac.actor.parameters(), lr=1e-2)
+        critic_opt = torch.optim.Adam(ac.critic.parameters(), lr=1e-2)
+        for _ in range(150):
+            action, _, u = ac.actor.sample_raw(feats[0])
+            hit = ((action[..., 0] - 0.6).abs() < 0.2).float()
+            reward = (hit + 0 * action[..., 0])[None]  # in the graph, with zero gradient
+            with frozen(ac.critic):
+                loss, returns, weights, _ = ac.actor_loss(feats, reward, raw=u[None])
+            optimize(loss, actor_opt, ac.actor.parameters(), 0.0)
+            optimize(ac.critic_loss(feats, returns, weights), critic_opt, ac.critic.parameters(), 0.0)
+        with torch.no_grad():
+            return float(hit.mean()), float(ac.actor.mode(feats[0, :1])[0, 0])
+
+    hits, mode = train("reinforce")
+    assert hits > 0.8 and abs(mode - 0.6) < 0.2, (hits, mode)
+    hits, mode = train("dynamics")
+    assert hits < 0.3 and abs(mode - 0.6) > 0.5, (hits, mode)
 
 
 def test_slow_target_refresh():

@@ -142,8 +142,8 @@ def imagine_frames(agent: Any, batch: SequenceBatch, start: int = 0, horizon: in
     wm = agent.wm
     embed = wm.encode(preprocess_image(b.obs), agent.proprio(b))
     post, _ = wm.rssm.observe(embed, agent.sequence_actions(b, embed), b.is_first, sample=False)
-    states, _, _, _ = imagine(wm.rssm, agent.ac.actor, post.map(lambda x: x[:, -1]), horizon)
-    return wm.decode_states(states).transpose(0, 1).cpu().numpy()
+    rollout = imagine(wm.rssm, agent.ac.actor, post.map(lambda x: x[:, -1]), horizon)
+    return wm.decode_states(rollout.states).transpose(0, 1).cpu().numpy()
 
 
 def imagine_strip(agent: Any, batch: SequenceBatch, start: int = 0, horizon: int | None = None,

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,19 @@ class BehaviorConfig:
     init_std: float = doc(5.0, "Actor's initial pre-tanh standard deviation.")
     min_std: float = doc(1e-4, "Actor's minimum pre-tanh standard deviation.")
     mean_scale: float = doc(5.0, "The actor's pre-tanh mean is squashed to (-mean_scale, mean_scale).")
+    dist: Literal["tanh_normal", "normal"] = doc(
+        "tanh_normal", "Actor distribution: tanh_normal = tanh of a Gaussian (Dreamer V1 / VMIL); normal = a Gaussian "
+                       "with mean tanh(x) and std in [min_std, max_std], sample clipped to [-1, 1] (Dreamer V3). "
+                       "init_std and mean_scale apply to tanh_normal, max_std to normal.")
+    max_std: float = doc(1.0, "The normal actor's maximum standard deviation.")
     entropy: float = doc(0.0, "Actor entropy bonus weight (0 in Dreamer V1 / VMIL).")
+    actor_grad: Literal["dynamics", "reinforce", "both"] = doc(
+        "dynamics", "Actor gradient: dynamics = backpropagate the lambda-returns through the learned dynamics "
+                    "(Dreamer V1 / VMIL); reinforce = score function of the taken (pre-tanh) actions times the "
+                    "advantage G_t - V(s_t) (Dreamer V2's choice for discrete actions); both = actor_grad_mix of "
+                    "the first plus the rest of the second. REINFORCE judges a whole action by the critic, so "
+                    "it does not depend on the local slope of the later imagined steps.")
+    actor_grad_mix: float = doc(0.5, "With actor_grad=both, the weight of the dynamics gradient (1 - it: REINFORCE).")
     pre_tanh_reg: float = doc(0.0, "Weight of mean(pre-tanh actor mean^2) in the actor loss (0 in Dreamer / "
                               "VMIL). Keeps the policy out of tanh saturation, where its gradient vanishes.")
     slow_target: bool = doc(False, "Bootstrap lambda-returns with a slowly updated copy of the critic.")
@@ -50,8 +62,17 @@ class BehaviorConfig:
         for name in ("units", "slow_target_update"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
-        if self.pre_tanh_reg < 0:
-            raise ConfigError(f"agent.behavior.pre_tanh_reg must be >= 0, got {self.pre_tanh_reg}")
+        for name in ("pre_tanh_reg", "entropy"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"agent.behavior.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.actor_grad_mix <= 1.0:
+            raise ConfigError(f"agent.behavior.actor_grad_mix must be in [0, 1], got {self.actor_grad_mix}")
+        if self.dist == "normal" and not 0 < self.min_std < self.max_std:
+            raise ConfigError(f"agent.behavior: the normal actor needs 0 < min_std < max_std, got {self.min_std} "
+                              f"and {self.max_std}")
+        if self.dist == "normal" and self.pre_tanh_reg > 0:
+            raise ConfigError("agent.behavior.pre_tanh_reg applies to the tanh_normal actor; the normal actor's "
+                              "mean is already bounded")
         for name in ("actor_lr", "critic_lr", "init_std", "min_std", "mean_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
@@ -74,37 +95,82 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+ACTOR_DISTS = ("tanh_normal", "normal")
+
+
+def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """sum log |d tanh(u) / du| = sum 2 (log 2 - u - softplus(-2u)), stable for large |u|."""
+    return (2 * (math.log(2.0) - u - F.softplus(-2 * u))).sum(-1)
+
+
 class Actor(nn.Module):
-    """tanh(N(mean, std)) policy over actions in [-1, 1]."""
+    """A policy over actions in [-1, 1], one of two distributions (``dist``):
+
+    * ``tanh_normal`` (Dreamer V1): action = tanh(u), u ~ N(mean, std), mean squashed to
+      (-mean_scale, mean_scale), std = softplus(x + softplus^-1(init_std)) + min_std.
+    * ``normal`` (Dreamer V3's bounded normal): action = clip(x), x ~ N(tanh(m), std), std =
+      (max_std - min_std) sigmoid(x_std + 2) + min_std; the clip passes the gradient straight through.
+      A tanh-Gaussian can make its samples deterministic only by saturating (a mean far beyond +-1,
+      where tanh's slope vanishes), which leaves bang-bang control; here the noise is set by the std
+      alone, so small actions stay precise and learnable.
+
+    ``raw`` below is the distribution's own sample: u for tanh_normal, x before the clip for normal."""
 
     def __init__(self, feat_dim: int, action_dim: int, units: int, layers: int, init_std: float = 5.0,
-                 min_std: float = 1e-4, mean_scale: float = 5.0):
+                 min_std: float = 1e-4, mean_scale: float = 5.0, dist: str = "tanh_normal", max_std: float = 1.0):
         super().__init__()
-        self.action_dim, self.min_std, self.mean_scale = action_dim, min_std, mean_scale
+        if dist not in ACTOR_DISTS:
+            raise ValueError(f"unknown actor distribution {dist!r}; use one of {ACTOR_DISTS}")
+        self.action_dim, self.min_std, self.mean_scale, self.dist = action_dim, min_std, mean_scale, dist
+        self.max_std = max_std
         self.raw_init_std = math.log(math.expm1(init_std))
         self.net = mlp(feat_dim, 2 * action_dim, units, layers)
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pre-tanh mean and std."""
+        """Mean and std of the Gaussian: pre-tanh for tanh_normal, in action space for normal."""
         mean, std = self.net(feat).chunk(2, -1)
+        if self.dist == "normal":
+            return torch.tanh(mean), (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
         mean = self.mean_scale * torch.tanh(mean / self.mean_scale)
         return mean, F.softplus(std + self.raw_init_std) + self.min_std
 
+    def squash(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.dist == "normal":
+            return raw + (raw.clamp(-1.0, 1.0) - raw).detach()
+        return torch.tanh(raw)
+
     def sample(self, feat: torch.Tensor, with_log_prob: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Reparameterised action (and its log-probability under the tanh-Gaussian)."""
-        mean, std = self(feat)
-        eps = torch.randn_like(mean)
-        u = mean + std * eps
-        action = torch.tanh(u)
-        if not with_log_prob:
-            return action, None
-        log_prob = (-0.5 * eps.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # log |d tanh(u) / du| = 2 (log 2 - u - softplus(-2u)), stable for large |u|.
-        log_prob = log_prob - (2 * (math.log(2.0) - u - F.softplus(-2 * u))).sum(-1)
+        """Reparameterised action (and its log-probability)."""
+        action, log_prob, _ = self.sample_raw(feat, with_log_prob)
         return action, log_prob
 
+    def sample_raw(self, feat: torch.Tensor, with_log_prob: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """:meth:`sample` plus the raw sample (action = squash(raw))."""
+        mean, std = self(feat)
+        eps = torch.randn_like(mean)
+        raw = mean + std * eps
+        action = self.squash(raw)
+        if not with_log_prob:
+            return action, None, raw
+        log_prob = (-0.5 * eps.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return action, self._jacobian(log_prob, raw), raw
+
+    def log_prob_of(self, feat: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """log-probability of given raw samples, differentiable in the actor's weights only (the score
+        function REINFORCE needs)."""
+        mean, std = self(feat)
+        x = raw.detach()
+        log_prob = (-0.5 * ((x - mean) / std).pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return self._jacobian(log_prob, x)
+
+    def _jacobian(self, log_prob: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """The tanh-Gaussian's change of variables; the normal's clip is left out (a density in x)."""
+        return log_prob - tanh_log_det(raw) if self.dist == "tanh_normal" else log_prob
+
     def mode(self, feat: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self(feat)[0])
+        mean = self(feat)[0]
+        return mean if self.dist == "normal" else torch.tanh(mean)
 
 
 class Critic(nn.Module):
@@ -116,26 +182,34 @@ class Critic(nn.Module):
         return self.net(feat).squeeze(-1)
 
 
-def imagine(rssm: RSSM, actor: Actor, start: State, horizon: int,
-            with_log_prob: bool = False) -> tuple[State, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Roll the prior forward ``horizon`` steps from ``start`` [N, ...] under the actor.
+class Rollout(NamedTuple):
+    """An imagined rollout: states [H+1, N, ...] (index 0 is the start), their features [H+1, N, F],
+    actions [H, N, A] (action t leads from state t to t+1), the actor's raw samples behind them
+    [H, N, A] (:class:`Actor`) and, if asked, log-probabilities [H, N]."""
+    states: State
+    feats: torch.Tensor
+    actions: torch.Tensor
+    log_prob: torch.Tensor | None
+    raw: torch.Tensor
 
-    Returns states [H+1, N, ...] (index 0 is ``start``), their features [H+1, N, F], actions
-    [H, N, A] (action t leads from state t to t+1) and, if asked, log-probabilities [H, N]. The actor
+
+def imagine(rssm: RSSM, actor: Actor, start: State, horizon: int, with_log_prob: bool = False) -> Rollout:
+    """Roll the prior forward ``horizon`` steps from ``start`` [N, ...] under the actor. The actor
     reads detached features (as in Dreamer), so its gradient flows only through the actions it
     takes and the dynamics they drive."""
     state = start
-    states, feats, actions, log_probs = [start], [rssm.feat(start)], [], []
+    states, feats, actions, log_probs, raws = [start], [rssm.feat(start)], [], [], []
     for _ in range(horizon):
-        action, log_prob = actor.sample(feats[-1].detach(), with_log_prob)
+        action, log_prob, u = actor.sample_raw(feats[-1].detach(), with_log_prob)
         state = rssm.img_step(state, action)
         states.append(state)
         feats.append(rssm.feat(state))
         actions.append(action)
         log_probs.append(log_prob)
+        raws.append(u)
     stacked = State(*(torch.stack(x, 0) for x in zip(*states)))
     logp = torch.stack(log_probs, 0) if with_log_prob else None
-    return stacked, torch.stack(feats, 0), torch.stack(actions, 0), logp
+    return Rollout(stacked, torch.stack(feats, 0), torch.stack(actions, 0), logp, torch.stack(raws, 0))
 
 
 class ActorCritic(nn.Module):
@@ -143,7 +217,7 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.actor = Actor(feat_dim, action_dim, cfg.units, cfg.actor_layers, cfg.init_std, cfg.min_std,
-                           cfg.mean_scale)
+                           cfg.mean_scale, cfg.dist, cfg.max_std)
         self.critic = Critic(feat_dim, cfg.units, cfg.critic_layers)
         self.target = copy.deepcopy(self.critic) if cfg.slow_target else None
         if self.target is not None:
@@ -152,24 +226,39 @@ class ActorCritic(nn.Module):
     def bootstrap_critic(self) -> nn.Module:
         return self.target if self.target is not None else self.critic
 
-    def actor_loss(self, feats: torch.Tensor, reward: torch.Tensor, log_prob: torch.Tensor | None = None
+    def actor_loss(self, feats: torch.Tensor, reward: torch.Tensor, log_prob: torch.Tensor | None = None,
+                   raw: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """-E[w_t G_t] over an imagined rollout (feats [H+1, N, F], reward [H, N]); call it with the
-        critic frozen. Returns (loss, returns [H, N], weights [H, N], metrics)."""
+        """-E[w_t objective_t] over an imagined rollout (feats [H+1, N, F], reward [H, N]; the
+        objective is G_t for actor_grad=dynamics, and needs the rollout's raw actor samples [H, N, A]
+        otherwise); call it with the critic frozen. Returns (loss, returns [H, N], weights [H, N],
+        metrics)."""
+        cfg = self.cfg
         H = reward.shape[0]
         if feats.shape[0] != H + 1:
             raise ValueError(f"feats must have H+1={H + 1} steps for {H} rewards, got {feats.shape[0]}")
-        next_value = self.bootstrap_critic()(feats[1:])
-        if log_prob is not None and self.cfg.entropy > 0:
-            reward = reward - self.cfg.entropy * log_prob  # entropy bonus, as a per-step reward
-        returns = lambda_return(reward, next_value, self.cfg.gamma, self.cfg.lam)
-        weights = discount_weights(self.cfg.gamma, H, returns)
-        loss = -(weights * returns).mean()
+        if cfg.actor_grad != "dynamics" and (raw is None or raw.shape[:2] != reward.shape):
+            raise ValueError(f"actor_grad={cfg.actor_grad} needs the rollout's raw actor samples [H, N, A] for "
+                             f"rewards {tuple(reward.shape)}, got {None if raw is None else tuple(raw.shape)}")
+        critic = self.bootstrap_critic()
+        next_value = critic(feats[1:])
+        if log_prob is not None and cfg.entropy > 0:
+            reward = reward - cfg.entropy * log_prob  # entropy bonus, as a per-step reward
+        returns = lambda_return(reward, next_value, cfg.gamma, cfg.lam)
+        weights = discount_weights(cfg.gamma, H, returns)
         metrics = {"return_mean": returns.detach().mean(), "value_mean": next_value.detach().mean()}
-        if self.cfg.pre_tanh_reg > 0:
-            pre_tanh = self.actor(feats[:-1].detach())[0].float().pow(2).mean()
-            loss = loss + self.cfg.pre_tanh_reg * pre_tanh
-            metrics["pre_tanh_sq"] = pre_tanh.detach()
+        objective = returns
+        if cfg.actor_grad != "dynamics":
+            advantage = (returns - critic(feats[:-1])).detach()
+            score = self.actor.log_prob_of(feats[:-1].detach(), raw) * advantage
+            mix = cfg.actor_grad_mix if cfg.actor_grad == "both" else 0.0
+            objective = mix * returns + (1 - mix) * score
+            metrics["advantage_abs"] = advantage.abs().mean()
+        loss = -(weights * objective).mean()
+        if cfg.pre_tanh_reg > 0:
+            pre_tanh_sq = self.actor(feats[:-1].detach())[0].float().pow(2).mean()
+            loss = loss + cfg.pre_tanh_reg * pre_tanh_sq
+            metrics["pre_tanh_sq"] = pre_tanh_sq.detach()
         if log_prob is not None:
             metrics["entropy"] = -log_prob.detach().mean()
         return loss, returns, weights, metrics
