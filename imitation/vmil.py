@@ -57,6 +57,10 @@ class Config:
     model_warmup: int = doc(0, "First updates that train only the world model (and inverse dynamics): the "
                                "discriminator and the actor read its latents, and chasing a latent space that "
                                "does not yet reconstruct the frames only adds noise (Dreamer pretrains too).")
+    imagine_from: Literal["agent", "both"] = doc(
+        "agent", "Posterior states the imagined rollouts start from: agent = the agent batch's (Dreamer); both = the "
+                 "agent's and the expert's. Expert starts show the actor the states it should reach (e.g. resting "
+                 "on a goal), which its own replay holds rarely early on; they double the imagination cost.")
     idm_units: int = doc(256, "Hidden units of the inverse-dynamics model.")
     idm_layers: int = doc(2, "Hidden layers of the inverse-dynamics model.")
     idm_lr: float = doc(3e-4, "Inverse-dynamics learning rate.")
@@ -289,11 +293,13 @@ class VMILAgent:
             return self._to_host(m, skipped)
         z_expert = self.disc_features(post.map(lambda x: x[B:]))
 
-        # Imagination from every agent posterior state; the actor learns through dynamics and reward.
+        # Imagination from every agent (and, with imagine_from=both, expert) posterior state; the actor
+        # learns through dynamics and reward.
         with self._part("imagination"):
+            starts = post if cfg.imagine_from == "both" else agent_post
             with frozen(self.wm, self.disc, self.ac.critic):
                 z_imagined, feats, actions, reward, actor_loss, returns, weights, am = self._behavior_fn(
-                    agent_post.flatten())
+                    starts.flatten())
         with self._part("actor"):
             out = optimize(actor_loss, self.opt_actor, self.ac.actor.parameters(), cfg.grad_clip)
             m.update({"actor/loss": actor_loss.detach(), "actor/grad_norm": out["grad_norm"],

@@ -185,6 +185,21 @@ def test_update_with_other_actor_distributions_and_gradients(dist, actor_grad):
     assert np.abs(action).max() <= 1.0
 
 
+@pytest.mark.parametrize("imagine_from, starts", [("agent", 3 * 6), ("both", (3 + 2) * 6)])
+def test_imagination_starts_from_agent_or_all_posteriors(imagine_from, starts):
+    agent = build(False, imagine_from=imagine_from)
+    seen = []
+    behavior_fn = agent._behavior_fn
+
+    def recording(start):
+        seen.append(start.deter.shape[0])
+        return behavior_fn(start)
+
+    agent._behavior_fn = recording
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    assert seen == [starts] and metrics["skipped"] == 0.0
+
+
 def test_zero_expert_actions_option_and_param_penalty():
     agent = build(False, expert_actions="zeros", disc=DiscriminatorConfig(units=16, layers=1, penalty="params",
                                                                          reward="logit"))
