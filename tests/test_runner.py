@@ -212,6 +212,25 @@ def test_runner_schedule_frame_stacks_and_outputs(tmp_path):
     assert (tmp_path / "config.yaml").is_file()
 
 
+def test_pretrain_burst_runs_once_before_the_first_round_and_not_again_on_resume(tmp_path):
+    rounds = [s for s in range(1, 41) if s >= 10 and s % 3 == 0]
+    runner, agent, _ = _fake_runner(tmp_path / "a", _run_config(pretrain_updates=5))
+    summary = runner.run()
+    runner.close()
+    assert summary["updates"] == 5 + 2 * len(rounds)
+    assert [step for _, _, step in agent.batches] == [rounds[0]] * 5 + [s for s in rounds for _ in range(2)]
+    # A resumed run carries its update counter, which already covers the burst.
+    runner, agent, _ = _fake_runner(tmp_path / "b", _run_config(pretrain_updates=5))
+    runner.updates = 5
+    runner.run()
+    runner.close()
+    assert len(agent.batches) == 2 * len(rounds)
+    with pytest.raises(ConfigError, match="pretrain_updates"):
+        TrainConfig(pretrain_updates=-1)
+    with pytest.raises(ConfigError, match="update_every"):
+        TrainConfig(update_every=0)
+
+
 def test_runner_stops_on_divergence_and_keeps_the_good_checkpoint(tmp_path):
     torch.manual_seed(0)
     cfg = _run_config(env_steps=200, checkpoint_every=15, eval_every=1000, update_every=1, updates_per_round=1)

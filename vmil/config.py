@@ -71,6 +71,10 @@ class TrainConfig:
     prefill_steps: int = doc(1000, "Random-action agent steps collected before the first update.")
     update_every: int = doc(1, "Collect this many agent steps between update rounds.")
     updates_per_round: int = doc(1, "Updates per update round.")
+    pretrain_updates: int = doc(0, "Updates run once, in a burst, before the first regular update round (after "
+                                   "the prefill), as Dreamer's `pretrain`: the world model can learn from the "
+                                   "prefill and the demos before the policy collects data. Costs wall time, not "
+                                   "env steps.")
     offline_updates: int = doc(0, "Updates for offline algorithms (BC), which collect no data.")
     eval_every: int = doc(10_000, "Agent steps (or offline updates) between evaluations.")
     eval_episodes: int = doc(5, "Episodes per evaluation.")
@@ -78,6 +82,13 @@ class TrainConfig:
     log_every: int = doc(1000, "Agent steps (or offline updates) between metric logs.")
     video: bool = doc(True, "Log an eval video at each evaluation.")
     max_bad_updates: int = doc(10, "Stop after this many consecutive non-finite updates.")
+
+    def __post_init__(self):
+        if self.update_every < 1:
+            raise ConfigError(f"train.update_every must be >= 1, got {self.update_every}")
+        for name in ("prefill_steps", "updates_per_round", "pretrain_updates"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

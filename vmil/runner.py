@@ -262,7 +262,8 @@ class Runner:
             obs = observe(stack, ts)
             if (self.env_steps >= cfg.prefill_steps and self.replay_episodes > 0
                     and self.env_steps % cfg.update_every == 0):
-                for _ in range(cfg.updates_per_round):
+                # Counted against the updates done so far, so a resumed run does not repeat the burst.
+                for _ in range(max(cfg.pretrain_updates - self.updates, 0) + cfg.updates_per_round):
                     self._update()
             self._periodic()
 
