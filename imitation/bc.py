@@ -5,7 +5,6 @@ collects no data. It needs demos recorded with actions (``vmil demos record --ke
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +16,7 @@ from torch.nn import functional as F
 from vmil.base import BatchRequest, EnvSpec, Obs, TransitionBatch
 from vmil.config import doc
 from vmil.data.augment import random_shift
-from vmil.nn import optimize
+from vmil.nn import normal_log_prob, optimize
 
 
 class NeedsActions(ValueError):
@@ -79,10 +78,7 @@ def tanh_gaussian_nll(mean: torch.Tensor, log_std: torch.Tensor, action: torch.T
     """-log p(action) per sample under tanh(N(mean, std)); actions in (-1, 1)."""
     a = action.clamp(-1 + 1e-4, 1 - 1e-4)
     u = torch.atanh(a)
-    std = log_std.exp()
-    log_normal = -0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-    log_det = torch.log1p(-a.pow(2))
-    return -(log_normal - log_det).sum(-1)
+    return -(normal_log_prob(u, mean, log_std) - torch.log1p(-a.pow(2)).sum(-1))
 
 
 class BC:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vmil.config import ConfigError
-from vmil.nn import optimize
+from vmil.nn import normal_log_prob, optimize, tanh_log_det
 from world_model.behavior import Actor, ActorCritic, BehaviorConfig, frozen, imagine
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
@@ -491,3 +491,14 @@ def test_world_model_learns_toy_reach_frames(toy_demos):
         history.append(losses["image"].item())
     start, end = np.mean(history[:3]), np.mean(history[-5:])
     assert end < 0.25 * start, f"image loss {start:.1f} -> {end:.1f}"
+
+
+def test_gaussian_policy_densities_match_torch_distributions():
+    """The shared densities behind VMIL's actor, SAC and BC, against torch.distributions."""
+    torch.manual_seed(0)
+    mean, log_std, x = torch.randn(5, 3), 0.5 * torch.randn(5, 3), torch.randn(5, 3) * 4
+    reference = torch.distributions.Normal(mean, log_std.exp()).log_prob(x).sum(-1)
+    torch.testing.assert_close(normal_log_prob(x, mean, log_std), reference)
+    # log |d tanh / du| = log(1 - tanh(u)^2), also for |u| where the naive form loses precision.
+    u = torch.linspace(-6, 6, 13, dtype=torch.float64)[None]
+    torch.testing.assert_close(tanh_log_det(u), torch.log1p(-torch.tanh(u).pow(2)).sum(-1))

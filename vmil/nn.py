@@ -1,11 +1,24 @@
-"""Small shared pieces for every learner: one optimisation step, device choice, seeding."""
+"""Small shared pieces for every learner: one optimisation step, Gaussian policy densities, device choice,
+seeding."""
 from __future__ import annotations
 
+import math
 import random
 from typing import Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+
+def normal_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(log_std)) of a diagonal Gaussian, summed over the last dim."""
+    return (-0.5 * ((x - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
+    """sum log |d tanh(u) / du| = sum 2 (log 2 - u - softplus(-2u)), stable for large |u|."""
+    return (2 * (math.log(2.0) - u - F.softplus(-2 * u))).sum(-1)
 
 
 def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter],

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmil.config import ConfigError, doc
+from vmil.nn import normal_log_prob, tanh_log_det
 from world_model.networks import mlp
 from world_model.returns import discount_weights, lambda_return
 from world_model.rssm import RSSM, State
@@ -98,11 +99,6 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 ACTOR_DISTS = ("tanh_normal", "normal")
 
 
-def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
-    """sum log |d tanh(u) / du| = sum 2 (log 2 - u - softplus(-2u)), stable for large |u|."""
-    return (2 * (math.log(2.0) - u - F.softplus(-2 * u))).sum(-1)
-
-
 class Actor(nn.Module):
     """A policy over actions in [-1, 1], one of two distributions (``dist``):
 
@@ -153,16 +149,13 @@ class Actor(nn.Module):
         action = self.squash(raw)
         if not with_log_prob:
             return action, None, raw
-        log_prob = (-0.5 * eps.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return action, self._jacobian(log_prob, raw), raw
+        return action, self._jacobian(normal_log_prob(raw, mean, std.log()), raw), raw
 
     def log_prob_of(self, feat: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """log-probability of given raw samples, differentiable in the actor's weights only (the score
         function REINFORCE needs)."""
         mean, std = self(feat)
-        x = raw.detach()
-        log_prob = (-0.5 * ((x - mean) / std).pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return self._jacobian(log_prob, x)
+        return self._jacobian(normal_log_prob(raw.detach(), mean, std.log()), raw.detach())
 
     def _jacobian(self, log_prob: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """The tanh-Gaussian's change of variables; the normal's clip is left out (a density in x)."""

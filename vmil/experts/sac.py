@@ -32,7 +32,7 @@ from torch import nn
 
 from vmil.base import TimeStep
 from vmil.config import doc, from_dict, to_dict
-from vmil.nn import optimize, resolve_device, seed_everything
+from vmil.nn import normal_log_prob, optimize, resolve_device, seed_everything, tanh_log_det
 
 ALGO = "sac-expert"
 CHECKPOINT = "expert.pt"
@@ -89,10 +89,7 @@ class Actor(nn.Module):
         mean, log_std = self(obs)
         u = mean + log_std.exp() * torch.randn_like(mean)
         action = torch.tanh(u)
-        log_prob = (-0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # log |d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), stable for large |u|.
-        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        return action, log_prob
+        return action, normal_log_prob(u, mean, log_std) - tanh_log_det(u)
 
 
 class TwinQ(nn.Module):
