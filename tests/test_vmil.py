@@ -464,7 +464,9 @@ def test_proprio_agent_runs():
 def test_bench_reports_its_keys():
     from vmil.bench.vmil import bench_vmil
 
-    out = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05)
+    # A preset's model_warmup must not turn the timed updates into world-model-only ones.
+    out = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05,
+                     overrides=("agent.model_warmup=100",))
     for key in ("ms_per_update", "gflop_per_update", "achieved_gflops", "peak_gflops", "peak_fraction"):
         assert out[key] > 0, key
     assert set(out["parts"]) == {"world_model", "imagination", "actor", "critic", "discriminator"}

@@ -84,8 +84,9 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     run_cfg = resolve("vmil", vmil.Config, None, preset, list(overrides))
+    # model_warmup 0: a preset's warm-up (world model only) would leave the timed updates partial.
     cfg = dataclasses.replace(run_cfg.agent, batch_size=batch, seq_len=seq, expert_batch_size=expert_batch,
-                              amp=amp, compile=compile)
+                              amp=amp, compile=compile, model_warmup=0)
     spec = EnvSpec("bench:synthetic", (3, 64, 64), action_dim)
     demos = types.SimpleNamespace(directory="synthetic", obs_shape=spec.obs_shape, has_actions=False, action_dim=0)
     torch.manual_seed(0)
