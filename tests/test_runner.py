@@ -227,8 +227,12 @@ def test_pretrain_burst_runs_once_before_the_first_round_and_not_again_on_resume
     assert len(agent.batches) == 2 * len(rounds)
     with pytest.raises(ConfigError, match="pretrain_updates"):
         TrainConfig(pretrain_updates=-1)
-    with pytest.raises(ConfigError, match="update_every"):
-        TrainConfig(update_every=0)
+    for name in ("update_every", "eval_every", "checkpoint_every", "log_every", "eval_episodes", "max_bad_updates"):
+        with pytest.raises(ConfigError, match=f"train.{name} must be >= 1"):
+            TrainConfig(**{name: 0})
+    for name in ("env_steps", "offline_updates"):
+        with pytest.raises(ConfigError, match=f"train.{name} must be >= 0"):
+            TrainConfig(**{name: -1})
 
 
 def test_runner_stops_on_divergence_and_keeps_the_good_checkpoint(tmp_path):

@@ -84,9 +84,12 @@ class TrainConfig:
     max_bad_updates: int = doc(10, "Stop after this many consecutive non-finite updates.")
 
     def __post_init__(self):
-        if self.update_every < 1:
-            raise ConfigError(f"train.update_every must be >= 1, got {self.update_every}")
-        for name in ("prefill_steps", "updates_per_round", "pretrain_updates"):
+        # Periods are divisors in the run loop: a 0 there would stop the run mid-way, not at start.
+        for name in ("update_every", "eval_every", "checkpoint_every", "log_every", "eval_episodes",
+                     "max_bad_updates"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("env_steps", "prefill_steps", "updates_per_round", "pretrain_updates", "offline_updates"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
 
