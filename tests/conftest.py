@@ -17,14 +17,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: learning checks and long runs (deselect with -m 'not slow')")
 
 
-def record_toy_demos(out: Path, episodes: int, keep_actions: bool, seed: int = 0) -> Path:
-    """Scripted-expert toy:reach demos with the env settings BC's presets resolve to."""
+def record_toy_demos(out: Path, episodes: int, keep_actions: bool, seed: int = 0, image_size: int = 0) -> Path:
+    """Scripted-expert toy:reach demos with the env settings BC's presets resolve to (``image_size``
+    overrides theirs when given)."""
     from imitation.bc import Config
     from vmil.config import resolve
     from vmil.demos import record
 
     env = resolve("bc", Config, "toy:reach", "smoke").env
-    record("toy:reach", "scripted", episodes, out, keep_actions=keep_actions, image_size=env.image_size,
+    record("toy:reach", "scripted", episodes, out, keep_actions=keep_actions, image_size=image_size or env.image_size,
            action_repeat=env.action_repeat, seed=seed, quiet=True)
     return out
 

@@ -470,6 +470,9 @@ def test_bench_reports_its_keys():
     for key in ("ms_per_update", "gflop_per_update", "achieved_gflops", "peak_gflops", "peak_fraction"):
         assert out[key] > 0, key
     assert set(out["parts"]) == {"world_model", "imagination", "actor", "critic", "discriminator"}
+    assert out["image_size"] == 64
+    small = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, image_size=32)
+    assert small["image_size"] == 32 and small["gflop_per_update"] < out["gflop_per_update"]
 
 
 # ------------------------------------------------------------------------------ learning

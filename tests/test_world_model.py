@@ -120,10 +120,17 @@ def test_encoder_decoder_shapes():
     assert enc(x).shape == (2, 5, 1024)
     dec = ConvDecoder(230, 3, 64, depth=8)
     assert dec(torch.zeros(2, 5, 230)).shape == (2, 5, 3, 64, 64)
-    with pytest.raises(ValueError, match="64"):
+    with pytest.raises(ValueError, match=r"image sizes \(32, 64\), got 84"):
         ConvEncoder(3, 84)
+    with pytest.raises(ValueError, match=r"image sizes \(32, 64\), got 48"):
+        ConvDecoder(230, 3, 48)
     with pytest.raises(ValueError, match="expects images"):
         enc(torch.zeros(2, 3, 32, 32))
+    # 32x32: one stride-2 layer fewer each way, still 2x2 at the bottom and the input size out.
+    small = ConvEncoder(3, 32, depth=32)
+    assert small.out_dim == 512 and len([m for m in small.net if isinstance(m, torch.nn.Conv2d)]) == 3
+    assert small(torch.zeros(2, 5, 3, 32, 32)).shape == (2, 5, 512)
+    assert ConvDecoder(230, 1, 32, depth=8)(torch.zeros(2, 5, 230)).shape == (2, 5, 1, 32, 32)
 
 
 def test_cnn_act_picks_the_conv_activation():
@@ -468,14 +475,17 @@ def test_bad_config_values_fail_clearly(make, match):
 
 # ------------------------------------------------------------------------------ learning
 
-def test_world_model_learns_toy_reach_frames(toy_demos):
+@pytest.mark.parametrize("size", [64, 32])
+def test_world_model_learns_toy_reach_frames(size, toy_demos, tmp_path):
     """A small world model on scripted toy:reach demos: the image loss drops well below its start."""
+    from conftest import record_toy_demos
     from vmil import envs
     from vmil.data.replay import Replay
 
     torch.manual_seed(0)
-    spec = envs.make("toy:reach", image_size=64, action_repeat=2).spec
-    replay = Replay.from_directory(spec, toy_demos, "cpu")
+    demos = toy_demos if size == 64 else record_toy_demos(tmp_path / "demos32", 5, True, image_size=size)
+    spec = envs.make("toy:reach", image_size=size, action_repeat=2).spec
+    replay = Replay.from_directory(spec, demos, "cpu")
     gen = torch.Generator().manual_seed(0)
     wm = WorldModel(spec.obs_shape, spec.action_dim, deter=32, stoch=8, hidden=32, depth=8)
     opt = torch.optim.Adam(wm.parameters(), lr=2e-3)

@@ -9,8 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Image sizes the conv stacks below are laid out for (encoder output side, decoder kernels).
-SUPPORTED_SIZES = (64,)
+# Image sizes the conv stacks below are laid out for: the number of stride-2 layers (the encoder
+# ends at 2x2) and the decoder's kernels (each output side is (in - 1) * 2 + kernel).
+SUPPORTED_SIZES = (32, 64)
+ENCODER_LAYERS = {32: 3, 64: 4}  # 32 -> 15 -> 6 -> 2; 64 -> 31 -> 14 -> 6 -> 2
+DECODER_KERNELS = {32: (6, 6), 64: (5, 6, 6)}  # from 5x5: 32 <- 14 <- 5; 64 <- 30 <- 13 <- 5
+
+
+def _check_size(name: str, image_size: int) -> None:
+    if image_size not in SUPPORTED_SIZES:
+        raise ValueError(f"{name} supports image sizes {SUPPORTED_SIZES}, got {image_size}; "
+                         f"set env.image_size to one of them")
 
 
 def mlp(in_dim: int, out_dim: int, units: int, layers: int, act: type[nn.Module] = nn.ELU) -> nn.Sequential:
@@ -45,25 +54,24 @@ def postprocess_image(image: torch.Tensor) -> torch.Tensor:
 
 
 class ConvEncoder(nn.Module):
-    """64x64 images -> flat embedding: four 4x4 stride-2 convs with widths depth*(1, 2, 4, 8)
-    (at depth 32: 256 channels at 2x2, a 1024-d embedding)."""
+    """Images -> flat embedding: 4x4 stride-2 convs with widths depth*(1, 2, 4, 8) down to 2x2.
+    64x64 takes all four (at depth 32: 256 channels at 2x2, a 1024-d embedding); 32x32 the first
+    three (at depth 32: a 512-d embedding, at about a quarter of the FLOPs)."""
 
     def __init__(self, channels: int, image_size: int = 64, depth: int = 32, act: type[nn.Module] = nn.ReLU):
         super().__init__()
-        if image_size not in SUPPORTED_SIZES:
-            raise ValueError(f"ConvEncoder supports image sizes {SUPPORTED_SIZES}, got {image_size}; "
-                             "use env.image_size=64")
+        _check_size("ConvEncoder", image_size)
         if depth <= 0 or channels <= 0:
             raise ValueError(f"ConvEncoder needs depth > 0 and channels > 0, got depth={depth}, channels={channels}")
         self.channels, self.image_size = channels, image_size
-        widths = (depth, 2 * depth, 4 * depth, 8 * depth)
+        widths = (depth, 2 * depth, 4 * depth, 8 * depth)[:ENCODER_LAYERS[image_size]]
         mods: list[nn.Module] = []
         prev = channels
         for w in widths:
             mods += [nn.Conv2d(prev, w, 4, stride=2), act(inplace=True)]
             prev = w
         self.net = nn.Sequential(*mods)
-        self.out_dim = 8 * depth * 2 * 2
+        self.out_dim = widths[-1] * 2 * 2
         self.to(memory_format=torch.channels_last)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -78,7 +86,8 @@ class ConvEncoder(nn.Module):
 
 class ConvDecoder(nn.Module):
     """Latent features -> mean image (unit-variance Gaussian likelihood), the mirror of
-    :class:`ConvEncoder`: dense to 32*depth at 1x1, then transposed convs 5, 5, 6, 6 (stride 2).
+    :class:`ConvEncoder`: dense to 32*depth at 1x1, then transposed convs 5, 5, 6, 6 (stride 2) for
+    64x64 (widths 4d, 2d, d, C) or 5, 6, 6 for 32x32 (widths 2d, d, C).
 
     The first transposed conv reads a 1x1 input, so it is a dense layer to 5x5 outputs and runs as
     one (with a bias per output position): a matmul is ~5x faster on CPU than this degenerate
@@ -87,26 +96,27 @@ class ConvDecoder(nn.Module):
     def __init__(self, feat_dim: int, channels: int, image_size: int = 64, depth: int = 32,
                  act: type[nn.Module] = nn.ReLU):
         super().__init__()
-        if image_size not in SUPPORTED_SIZES:
-            raise ValueError(f"ConvDecoder supports image sizes {SUPPORTED_SIZES}, got {image_size}; "
-                             "use env.image_size=64")
-        self.channels, self.image_size, self.depth = channels, image_size, depth
+        _check_size("ConvDecoder", image_size)
+        kernels = DECODER_KERNELS[image_size]
+        widths = [depth * 2 ** i for i in reversed(range(len(kernels)))] + [channels]  # e.g. 4d, 2d, d, C
+        self.channels, self.image_size, self.first_width = channels, image_size, widths[0]
         self.fc = nn.Linear(feat_dim, 32 * depth)
-        self.first = nn.Linear(32 * depth, 4 * depth * 5 * 5)  # = ConvTranspose2d(32d, 4d, 5, stride 2) on 1x1
+        self.first = nn.Linear(32 * depth, widths[0] * 5 * 5)  # = ConvTranspose2d(32d, w0, 5, stride 2) on 1x1
         self.first_act = act(inplace=True)
-        self.net = nn.Sequential(
-            nn.ConvTranspose2d(4 * depth, 2 * depth, 5, stride=2), act(inplace=True),
-            nn.ConvTranspose2d(2 * depth, depth, 6, stride=2), act(inplace=True),
-            nn.ConvTranspose2d(depth, channels, 6, stride=2),
-        )
+        mods: list[nn.Module] = []
+        for i, k in enumerate(kernels):
+            mods.append(nn.ConvTranspose2d(widths[i], widths[i + 1], k, stride=2))
+            if i < len(kernels) - 1:
+                mods.append(act(inplace=True))
+        self.net = nn.Sequential(*mods)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         """[..., feat_dim] -> mean image [..., C, H, W] in the preprocessed range."""
         lead = feat.shape[:-1]
         x = self.first_act(self.first(self.fc(feat.reshape(-1, feat.shape[-1]))))
-        # [N, 5*5*4d] laid out (y, x, channel) is already a channels_last [N, 4d, 5, 5] tensor.
-        x = x.reshape(-1, 5, 5, 4 * self.depth).permute(0, 3, 1, 2)
+        # [N, 5*5*w0] laid out (y, x, channel) is already a channels_last [N, w0, 5, 5] tensor.
+        x = x.reshape(-1, 5, 5, self.first_width).permute(0, 3, 1, 2)
         x = self.net(x)
         return x.reshape(*lead, self.channels, self.image_size, self.image_size)
 

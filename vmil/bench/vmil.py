@@ -68,7 +68,8 @@ def synthetic_batch(batch: int, seq: int, spec: EnvSpec, device: torch.device, a
 def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 50, *, expert_batch: int | None = None,
                updates: int = 3, warmup: int = 1, device: str = "cpu", threads: int = 0, amp: str = "none",
                compile: bool = False, action_dim: int = 6, count_flops: bool = True,
-               overrides: tuple[str, ...] = (), peak_seconds: float = 1.0) -> dict[str, Any]:
+               overrides: tuple[str, ...] = (), peak_seconds: float = 1.0, image_size: int | None = None
+               ) -> dict[str, Any]:
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes.
 
     ``batch``/``seq`` (None: 16 and 50) set the agent batch; the expert batch defaults to the same
@@ -87,7 +88,8 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     # model_warmup 0: a preset's warm-up (world model only) would leave the timed updates partial.
     cfg = dataclasses.replace(run_cfg.agent, batch_size=batch, seq_len=seq, expert_batch_size=expert_batch,
                               amp=amp, compile=compile, model_warmup=0)
-    spec = EnvSpec("bench:synthetic", (3, 64, 64), action_dim)
+    size = image_size or run_cfg.env.image_size
+    spec = EnvSpec("bench:synthetic", (3, size, size), action_dim)
     demos = types.SimpleNamespace(directory="synthetic", obs_shape=spec.obs_shape, has_actions=False, action_dim=0)
     torch.manual_seed(0)
     agent = vmil.build(cfg, spec, dev, demos)
@@ -127,7 +129,7 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         "peak_gflops": round(peak, 1),
         "peak_fraction": round(achieved / peak, 3),
         "parts": parts,
-        "preset": preset, "batch": batch, "seq": seq, "expert_batch": expert_batch,
+        "preset": preset, "image_size": size, "batch": batch, "seq": seq, "expert_batch": expert_batch,
         "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
         "threads": torch.get_num_threads(), "updates": updates,
         "cpu_wall_ratio": round(cpu / wall, 2) if dev.type == "cpu" else None,
