@@ -412,7 +412,8 @@ def build_parser() -> Parser:
                                    "per frame and batches/s; vmil / patchail: update time and FLOP/s.")
     b.add_argument("what", choices=("env", "replay", "vmil", "patchail"))
     b.add_argument("--env", default=None, help="env: env id (default dmc:cheetah_run)")
-    b.add_argument("--image-size", type=int, default=None, help="env (default 84), replay, patchail, vmil (default: the preset's, 64)")
+    b.add_argument("--image-size", type=int, default=None,
+                   help="env (default 84), replay, patchail, vmil (default: the preset's, 64)")
     b.add_argument("--steps", type=int, default=None, help="env: agent steps to time (default 300)")
     b.add_argument("--workers", type=int, default=None,
                    help="env: worker processes of the vectorised measurement (default 2, one env each)")
