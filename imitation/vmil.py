@@ -231,17 +231,28 @@ class VMILAgent:
         losses.update(wm_losses)
         return losses, post, expert_action, metrics
 
+    def _transition_reward(self, state: State, action: torch.Tensor, next_state: State) -> torch.Tensor:
+        """D's reward for transitions (s, a, s') given as model states."""
+        c = self.cfg.disc
+        logit = self.disc.transition_logit(self.disc_features(state), action, self.disc_features(next_state))
+        return reward_from_logit(logit.float(), c.reward, c.reward_scale)
+
     def _behavior_losses(self, start: State):
         """Imagine from ``start``, reward each imagined transition with D, actor loss (call with the
         world model, discriminator and critic frozen)."""
         b, c = self.cfg.behavior, self.cfg.disc
         with self._autocast():
-            rollout = imagine(self.wm.rssm, self.ac.actor, start, b.horizon, with_log_prob=b.entropy > 0)
+            rollout = imagine(self.wm.rssm, self.ac.actor, start, b.horizon, with_log_prob=b.entropy > 0,
+                              input_grad=b.actor_input_grad)
             z = self.disc_features(rollout.states)
             logit = self.disc.transition_logit(z[:-1], rollout.actions, z[1:])
             reward = reward_from_logit(logit.float(), c.reward, c.reward_scale)
             loss, returns, weights, metrics = self.ac.actor_loss(rollout.feats, reward, rollout.log_prob,
                                                                  rollout.raw)
+            if b.lookahead > 0:
+                look, look_metrics = self.ac.lookahead_loss(self.wm.rssm, self._transition_reward, rollout.states)
+                loss = loss + b.lookahead * look
+                metrics.update(look_metrics)
         return z, rollout.feats, rollout.actions, reward, loss, returns, weights, metrics
 
     def update(self, batch: SequenceBatch, expert: SequenceBatch, step: int) -> dict[str, float]:

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal, NamedTuple
+from typing import Callable, Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,22 @@ class BehaviorConfig:
                     "the first plus the rest of the second. REINFORCE judges a whole action by the critic, so "
                     "it does not depend on the local slope of the later imagined steps.")
     actor_grad_mix: float = doc(0.5, "With actor_grad=both, the weight of the dynamics gradient (1 - it: REINFORCE).")
+    actor_input_grad: bool = doc(
+        False, "Let the actor gradient flow through the actor's own inputs in imagination too: the pathwise "
+               "gradient of the closed-loop return (SVG / PILCO), which credits how the later actions respond "
+               "to the state an action leads to. Dreamer stops it (false), so each return's gradient treats "
+               "the later actions as fixed.")
+    lookahead: float = doc(
+        0.0, "Weight of the one-step lookahead regression in the actor loss (0 in Dreamer / VMIL). At "
+             "lookahead_states imagined states, candidate actions (half sampled from the actor, half uniform) "
+             "are scored by one prior step: r + gamma V(next); the actor's mean regresses on their softmax-"
+             "weighted mean. It credits what the local slope of the return misses, e.g. resting on a goal "
+             "instead of a 2-cycle around it, whose open-loop gradient is zero.")
+    lookahead_candidates: int = doc(16, "Candidate actions per lookahead state (half from the actor, half uniform).")
+    lookahead_states: int = doc(256, "Imagined states per update the lookahead scores candidates at.")
+    lookahead_temperature: float = doc(
+        0.1, "Softmax temperature over the candidates' values, in units of their standard deviation at that "
+             "state (small: the best candidate).")
     pre_tanh_reg: float = doc(0.0, "Weight of mean(pre-tanh actor mean^2) in the actor loss (0 in Dreamer / "
                               "VMIL). Keeps the policy out of tanh saturation, where its gradient vanishes.")
     slow_target: bool = doc(False, "Bootstrap lambda-returns with a slowly updated copy of the critic.")
@@ -60,10 +76,12 @@ class BehaviorConfig:
             raise ConfigError(f"agent.behavior.gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"agent.behavior.lam must be in [0, 1], got {self.lam}")
-        for name in ("units", "slow_target_update"):
+        for name in ("units", "slow_target_update", "lookahead_states", "lookahead_temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
-        for name in ("pre_tanh_reg", "entropy"):
+        if self.lookahead_candidates < 2:
+            raise ConfigError(f"agent.behavior.lookahead_candidates must be >= 2, got {self.lookahead_candidates}")
+        for name in ("pre_tanh_reg", "entropy", "lookahead"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.behavior.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.actor_grad_mix <= 1.0:
@@ -165,6 +183,14 @@ class Actor(nn.Module):
         mean = self(feat)[0]
         return mean if self.dist == "normal" else torch.tanh(mean)
 
+    def regression_loss(self, feat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the distribution's mean against target actions in [-1, 1], in the
+        Gaussian's own space (pre-tanh for tanh_normal), so saturated means still get a gradient."""
+        mean = self(feat)[0]
+        if self.dist == "tanh_normal":
+            target = torch.atanh(target.clamp(-1 + 1e-3, 1 - 1e-3))
+        return (mean - target.detach()).pow(2).sum(-1).mean()
+
 
 class Critic(nn.Module):
     def __init__(self, feat_dim: int, units: int, layers: int):
@@ -186,14 +212,15 @@ class Rollout(NamedTuple):
     raw: torch.Tensor
 
 
-def imagine(rssm: RSSM, actor: Actor, start: State, horizon: int, with_log_prob: bool = False) -> Rollout:
-    """Roll the prior forward ``horizon`` steps from ``start`` [N, ...] under the actor. The actor
-    reads detached features (as in Dreamer), so its gradient flows only through the actions it
-    takes and the dynamics they drive."""
+def imagine(rssm: RSSM, actor: Actor, start: State, horizon: int, with_log_prob: bool = False,
+            input_grad: bool = False) -> Rollout:
+    """Roll the prior forward ``horizon`` steps from ``start`` [N, ...] under the actor. By default the
+    actor reads detached features (as in Dreamer), so its gradient flows only through the actions it
+    takes and the dynamics they drive; ``input_grad`` also lets it flow through the actor's inputs."""
     state = start
     states, feats, actions, log_probs, raws = [start], [rssm.feat(start)], [], [], []
     for _ in range(horizon):
-        action, log_prob, u = actor.sample_raw(feats[-1].detach(), with_log_prob)
+        action, log_prob, u = actor.sample_raw(feats[-1] if input_grad else feats[-1].detach(), with_log_prob)
         state = rssm.img_step(state, action)
         states.append(state)
         feats.append(rssm.feat(state))
@@ -203,6 +230,28 @@ def imagine(rssm: RSSM, actor: Actor, start: State, horizon: int, with_log_prob:
     stacked = State(*(torch.stack(x, 0) for x in zip(*states)))
     logp = torch.stack(log_probs, 0) if with_log_prob else None
     return Rollout(stacked, torch.stack(feats, 0), torch.stack(actions, 0), logp, torch.stack(raws, 0))
+
+
+RewardFn = Callable[[State, torch.Tensor, State], torch.Tensor]
+
+
+@torch.no_grad()
+def lookahead_targets(rssm: RSSM, value: nn.Module, reward_fn: RewardFn, state: State, candidates: torch.Tensor,
+                      gamma: float, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Score candidate actions [K, M, A] at states [M, ...] by one deterministic prior step,
+    q = reward_fn(s, a, s') + gamma * value(s'), and return their softmax(q / (temperature * std_K q))
+    -weighted mean [M, A] with metrics."""
+    K, M, A = candidates.shape
+    if state.deter.shape[0] != M:
+        raise ValueError(f"lookahead: {state.deter.shape[0]} states for candidates [K, M={M}, A]")
+    start = state.map(lambda x: x.unsqueeze(0).expand(K, *x.shape).reshape(K * M, *x.shape[1:]))
+    action = candidates.reshape(K * M, A)
+    nxt = rssm.img_step(start, action, sample=False)
+    q = (reward_fn(start, action, nxt) + gamma * value(rssm.feat(nxt))).reshape(K, M)
+    spread = q.std(0, keepdim=True).clamp(min=1e-6)
+    weights = torch.softmax((q - q.max(0, keepdim=True).values) / (temperature * spread), 0)
+    target = (weights.unsqueeze(-1) * candidates).sum(0)
+    return target, {"lookahead_q_spread": spread.mean(), "lookahead_target_abs": target.abs().mean()}
 
 
 class ActorCritic(nn.Module):
@@ -218,6 +267,25 @@ class ActorCritic(nn.Module):
 
     def bootstrap_critic(self) -> nn.Module:
         return self.target if self.target is not None else self.critic
+
+    def lookahead_loss(self, rssm: RSSM, reward_fn: RewardFn, states: State
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The actor's regression on :func:`lookahead_targets` at ``lookahead_states`` states drawn
+        from ``states`` [H+1, N, ...] (an imagined rollout's, without its last step)."""
+        cfg = self.cfg
+        flat = states.map(lambda x: x[:-1].detach().reshape(-1, *x.shape[2:]))
+        n = flat.deter.shape[0]
+        pick = flat.map(lambda x: x[torch.randint(n, (min(cfg.lookahead_states, n),), device=x.device)])
+        feat = rssm.feat(pick)
+        K = cfg.lookahead_candidates
+        with torch.no_grad():
+            own = self.actor.sample(feat.unsqueeze(0).expand(K // 2, *feat.shape))[0]
+            uniform = torch.rand(K - K // 2, *own.shape[1:], device=own.device) * 2 - 1
+        target, metrics = lookahead_targets(rssm, self.bootstrap_critic(), reward_fn, pick,
+                                            torch.cat([own, uniform]), cfg.gamma, cfg.lookahead_temperature)
+        loss = self.actor.regression_loss(feat, target)
+        metrics["lookahead_loss"] = loss.detach()
+        return loss, metrics
 
     def actor_loss(self, feats: torch.Tensor, reward: torch.Tensor, log_prob: torch.Tensor | None = None,
                    raw: torch.Tensor | None = None
