@@ -57,7 +57,8 @@ class BehaviorConfig:
              "lookahead_states imagined states, candidate actions (half sampled from the actor, half uniform) "
              "are scored by one prior step: r + gamma V(next); the actor's mean regresses on their softmax-"
              "weighted mean. It credits what the local slope of the return misses, e.g. resting on a goal "
-             "instead of a 2-cycle around it, whose open-loop gradient is zero.")
+             "instead of a 2-cycle around it, whose open-loop gradient is zero (on toy:reach it removed the "
+             "jumps but stopped short of the goal; README).")
     lookahead_candidates: int = doc(16, "Candidate actions per lookahead state (half from the actor, half uniform).")
     lookahead_states: int = doc(256, "Imagined states per update the lookahead scores candidates at.")
     lookahead_temperature: float = doc(
