@@ -231,22 +231,23 @@ class VMILAgent:
         losses.update(wm_losses)
         return losses, post, expert_action, metrics
 
-    def _transition_reward(self, state: State, action: torch.Tensor, next_state: State) -> torch.Tensor:
-        """D's reward for transitions (s, a, s') given as model states."""
+    def _reward(self, z: torch.Tensor, action: torch.Tensor, z_next: torch.Tensor) -> torch.Tensor:
+        """D's reward for transitions given as discriminator features (:meth:`disc_features`)."""
         c = self.cfg.disc
-        logit = self.disc.transition_logit(self.disc_features(state), action, self.disc_features(next_state))
-        return reward_from_logit(logit.float(), c.reward, c.reward_scale)
+        return reward_from_logit(self.disc.transition_logit(z, action, z_next).float(), c.reward, c.reward_scale)
+
+    def _transition_reward(self, state: State, action: torch.Tensor, next_state: State) -> torch.Tensor:
+        return self._reward(self.disc_features(state), action, self.disc_features(next_state))
 
     def _behavior_losses(self, start: State):
         """Imagine from ``start``, reward each imagined transition with D, actor loss (call with the
         world model, discriminator and critic frozen)."""
-        b, c = self.cfg.behavior, self.cfg.disc
+        b = self.cfg.behavior
         with self._autocast():
             rollout = imagine(self.wm.rssm, self.ac.actor, start, b.horizon, with_log_prob=b.entropy > 0,
                               input_grad=b.actor_input_grad)
             z = self.disc_features(rollout.states)
-            logit = self.disc.transition_logit(z[:-1], rollout.actions, z[1:])
-            reward = reward_from_logit(logit.float(), c.reward, c.reward_scale)
+            reward = self._reward(z[:-1], rollout.actions, z[1:])
             loss, returns, weights, metrics = self.ac.actor_loss(rollout.feats, reward, rollout.log_prob,
                                                                  rollout.raw)
             if b.lookahead > 0:

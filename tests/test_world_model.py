@@ -10,7 +10,8 @@ import torch
 
 from vmil.config import ConfigError
 from vmil.nn import normal_log_prob, optimize, tanh_log_det
-from world_model.behavior import Actor, ActorCritic, BehaviorConfig, frozen, imagine, lookahead_targets
+from world_model.behavior import (Actor, ActorCritic, BehaviorConfig, frozen, imagine, lookahead_targets,
+                                  sample_states)
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
 from world_model.returns import discount_weights, lambda_return
@@ -205,6 +206,19 @@ def test_lookahead_targets_match_a_loop_over_candidates():
     assert torch.allclose(target, (w[..., None] * cands).sum(0), atol=1e-5)
     sharp, _ = lookahead_targets(rssm, lambda f: value(f).squeeze(-1), reward_fn, start, cands, 0.9, 1e-4)
     assert torch.allclose(sharp, cands[q.argmax(0), torch.arange(M)], atol=1e-5)
+
+
+def test_sample_states_keeps_each_state_whole():
+    torch.manual_seed(0)
+    T, N = 4, 5
+    ident = torch.arange(T * N, dtype=torch.float32).reshape(T, N, 1)
+    states = State(ident.expand(T, N, 3), ident.expand(T, N, 3) + 100, ident.expand(T, N, 3) + 200,
+                   ident.expand(T, N, 2) + 300)
+    pick = sample_states(states, 50)
+    assert pick.deter.shape == (T * N, 2) and pick.stoch.shape == (T * N, 3)  # capped at T * N
+    assert torch.equal(pick.std - 100, pick.mean) and torch.equal(pick.stoch - 200, pick.mean)
+    assert torch.equal(pick.deter[:, :1] - 300, pick.mean[:, :1])
+    assert sample_states(states, 7).deter.shape == (7, 2)
 
 
 def test_lookahead_loss_pulls_the_actor_to_the_best_action():

@@ -236,8 +236,17 @@ def imagine(rssm: RSSM, actor: Actor, start: State, horizon: int, with_log_prob:
 RewardFn = Callable[[State, torch.Tensor, State], torch.Tensor]
 
 
+def sample_states(states: State, n: int) -> State:
+    """Up to ``n`` of the states [T, N, ...], drawn with replacement; one index serves every field,
+    so each drawn state stays whole."""
+    flat = states.map(lambda x: x.reshape(-1, *x.shape[2:]))
+    total = flat.deter.shape[0]
+    index = torch.randint(total, (min(n, total),), device=flat.deter.device)
+    return flat.map(lambda x: x[index])
+
+
 @torch.no_grad()
-def lookahead_targets(rssm: RSSM, value: nn.Module, reward_fn: RewardFn, state: State, candidates: torch.Tensor,
+def lookahead_targets(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State, candidates: torch.Tensor,
                       gamma: float, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Score candidate actions [K, M, A] at states [M, ...] by one deterministic prior step,
     q = reward_fn(s, a, s') + gamma * value(s'), and return their softmax(q / (temperature * std_K q))
@@ -274,9 +283,7 @@ class ActorCritic(nn.Module):
         """The actor's regression on :func:`lookahead_targets` at ``lookahead_states`` states drawn
         from ``states`` [H+1, N, ...] (an imagined rollout's, without its last step)."""
         cfg = self.cfg
-        flat = states.map(lambda x: x[:-1].detach().reshape(-1, *x.shape[2:]))
-        n = flat.deter.shape[0]
-        pick = flat.map(lambda x: x[torch.randint(n, (min(cfg.lookahead_states, n),), device=x.device)])
+        pick = sample_states(states.map(lambda x: x[:-1].detach()), cfg.lookahead_states)
         feat = rssm.feat(pick)
         K = cfg.lookahead_candidates
         with torch.no_grad():
