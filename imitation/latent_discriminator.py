@@ -49,6 +49,7 @@ class DiscriminatorConfig:
                     "also shows it those.")
     units: int = doc(400, "Hidden units.")
     layers: int = doc(3, "Hidden layers.")
+    layer_norm: bool = doc(False, "LayerNorm in the hidden layers (the paper has none).")
     lr: float = doc(8e-5, "Learning rate (Adam).")
     eps: float = doc(1e-5, "Adam epsilon.")
     noise_std: float = doc(0.1, "Std of Gaussian noise added to the discriminator's inputs while it trains.")
@@ -95,14 +96,15 @@ def disc_input(z: torch.Tensor, a: torch.Tensor | None, z_next: torch.Tensor | N
 
 
 class LatentDiscriminator(nn.Module):
-    def __init__(self, feat_dim: int, action_dim: int, inputs: str, units: int, layers: int):
+    def __init__(self, feat_dim: int, action_dim: int, inputs: str, units: int, layers: int,
+                 layer_norm: bool = False):
         super().__init__()
         if inputs not in INPUTS:
             raise ValueError(f"discriminator inputs must be one of {INPUTS}, got {inputs!r}")
         self.inputs = inputs
         self.in_dim = {"zaz": 2 * feat_dim + action_dim, "za": feat_dim + action_dim, "zz": 2 * feat_dim,
                        "z": feat_dim}[inputs]
-        self.net = mlp(self.in_dim, 1, units, layers)
+        self.net = mlp(self.in_dim, 1, units, layers, layer_norm=layer_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Input features [..., in_dim] -> logits [...]."""

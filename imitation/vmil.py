@@ -109,7 +109,8 @@ class VMILAgent:
         feat = self.wm.feat_dim
         self.ac = ActorCritic(feat, spec.action_dim, cfg.behavior).to(device)
         disc_feat = cfg.model.stoch if self.disc_stoch_only else feat
-        self.disc = LatentDiscriminator(disc_feat, spec.action_dim, inputs, cfg.disc.units, cfg.disc.layers).to(device)
+        self.disc = LatentDiscriminator(disc_feat, spec.action_dim, inputs, cfg.disc.units, cfg.disc.layers,
+                                        cfg.disc.layer_norm).to(device)
         self.idm = (InverseDynamics(self.wm.embed_dim, spec.action_dim, cfg.idm_units, cfg.idm_layers).to(device)
                     if self.use_idm else None)
         m, b = cfg.model, cfg.behavior

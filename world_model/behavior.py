@@ -28,6 +28,8 @@ class BehaviorConfig:
     units: int = doc(400, "Hidden units of the actor and critic.")
     actor_layers: int = doc(4, "Hidden layers of the actor.")
     critic_layers: int = doc(3, "Hidden layers of the critic.")
+    layer_norm: bool = doc(False, "LayerNorm in the actor's and critic's hidden layers (Dreamer V2/V3; V1 and "
+                                  "VMIL have none).")
     actor_lr: float = doc(8e-5, "Actor learning rate (Adam).")
     critic_lr: float = doc(8e-5, "Critic learning rate (Adam).")
     eps: float = doc(1e-5, "Adam epsilon of the actor and critic optimisers.")
@@ -132,14 +134,15 @@ class Actor(nn.Module):
     ``raw`` below is the distribution's own sample: u for tanh_normal, x before the clip for normal."""
 
     def __init__(self, feat_dim: int, action_dim: int, units: int, layers: int, init_std: float = 5.0,
-                 min_std: float = 1e-4, mean_scale: float = 5.0, dist: str = "tanh_normal", max_std: float = 1.0):
+                 min_std: float = 1e-4, mean_scale: float = 5.0, dist: str = "tanh_normal", max_std: float = 1.0,
+                 layer_norm: bool = False):
         super().__init__()
         if dist not in ACTOR_DISTS:
             raise ValueError(f"unknown actor distribution {dist!r}; use one of {ACTOR_DISTS}")
         self.action_dim, self.min_std, self.mean_scale, self.dist = action_dim, min_std, mean_scale, dist
         self.max_std = max_std
         self.raw_init_std = math.log(math.expm1(init_std))
-        self.net = mlp(feat_dim, 2 * action_dim, units, layers)
+        self.net = mlp(feat_dim, 2 * action_dim, units, layers, layer_norm=layer_norm)
 
     def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of the Gaussian: pre-tanh for tanh_normal, in action space for normal."""
@@ -194,9 +197,9 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    def __init__(self, feat_dim: int, units: int, layers: int):
+    def __init__(self, feat_dim: int, units: int, layers: int, layer_norm: bool = False):
         super().__init__()
-        self.net = mlp(feat_dim, 1, units, layers)
+        self.net = mlp(feat_dim, 1, units, layers, layer_norm=layer_norm)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         return self.net(feat).squeeze(-1)
@@ -269,8 +272,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.actor = Actor(feat_dim, action_dim, cfg.units, cfg.actor_layers, cfg.init_std, cfg.min_std,
-                           cfg.mean_scale, cfg.dist, cfg.max_std)
-        self.critic = Critic(feat_dim, cfg.units, cfg.critic_layers)
+                           cfg.mean_scale, cfg.dist, cfg.max_std, cfg.layer_norm)
+        self.critic = Critic(feat_dim, cfg.units, cfg.critic_layers, cfg.layer_norm)
         self.target = copy.deepcopy(self.critic) if cfg.slow_target else None
         if self.target is not None:
             self.target.requires_grad_(False)

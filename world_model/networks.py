@@ -22,14 +22,16 @@ def _check_size(name: str, image_size: int) -> None:
                          f"set env.image_size to one of them")
 
 
-def mlp(in_dim: int, out_dim: int, units: int, layers: int, act: type[nn.Module] = nn.ELU) -> nn.Sequential:
-    """``layers`` hidden layers of ``units`` with ``act``, then a linear output of ``out_dim``."""
+def mlp(in_dim: int, out_dim: int, units: int, layers: int, act: type[nn.Module] = nn.ELU,
+        layer_norm: bool = False) -> nn.Sequential:
+    """``layers`` hidden layers of ``units`` with ``act``, then a linear output of ``out_dim``;
+    ``layer_norm`` normalises each hidden layer before its activation (Dreamer V2/V3's heads)."""
     if layers < 0 or units <= 0:
         raise ValueError(f"mlp needs layers >= 0 and units > 0, got layers={layers}, units={units}")
     mods: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers):
-        mods += [nn.Linear(dim, units), act()]
+        mods += [nn.Linear(dim, units), *([nn.LayerNorm(units)] if layer_norm else []), act()]
         dim = units
     mods.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*mods)
