@@ -13,7 +13,7 @@ from vmil.nn import normal_log_prob, optimize, tanh_log_det
 from world_model.behavior import (Actor, ActorCritic, BehaviorConfig, frozen, imagine, lookahead_targets,
                                   sample_states)
 from world_model.model import ModelConfig, WorldModel
-from world_model.networks import ConvDecoder, ConvEncoder, mlp, postprocess_image, preprocess_image
+from world_model.networks import ConvDecoder, ConvEncoder, postprocess_image, preprocess_image
 from world_model.returns import discount_weights, lambda_return
 from world_model.rssm import RSSM, State, free_nats_clamp, kl_loss, kl_normal
 from world_model.viz import frame_grid, openloop_strip
@@ -583,20 +583,3 @@ def test_gaussian_policy_densities_match_torch_distributions():
     u = torch.linspace(-6, 6, 13, dtype=torch.float64)[None]
     torch.testing.assert_close(tanh_log_det(u), torch.log1p(-torch.tanh(u).pow(2)).sum(-1))
 
-
-def test_mlp_layer_norm_normalises_every_hidden_layer_and_reaches_the_heads():
-    torch.manual_seed(0)
-    net = mlp(5, 3, units=16, layers=2, layer_norm=True)
-    x = torch.randn(7, 5) * 10 + 3
-    h = x
-    for module in net[:-1]:
-        h = module(h)
-        if isinstance(module, torch.nn.LayerNorm):
-            assert torch.allclose(h.mean(-1), torch.zeros(7), atol=1e-5)
-            assert torch.allclose(h.var(-1, unbiased=False), torch.ones(7), atol=1e-3)
-    assert net(x).shape == (7, 3)
-    assert sum(isinstance(m, torch.nn.LayerNorm) for m in net) == 2
-    assert not any(isinstance(m, torch.nn.LayerNorm) for m in mlp(5, 3, units=16, layers=2))
-    ac = ActorCritic(9, 2, BehaviorConfig(units=8, actor_layers=2, critic_layers=1, layer_norm=True))
-    assert sum(isinstance(m, torch.nn.LayerNorm) for m in ac.actor.modules()) == 2
-    assert sum(isinstance(m, torch.nn.LayerNorm) for m in ac.critic.modules()) == 1
