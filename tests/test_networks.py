@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+
 from imitation.latent_discriminator import LatentDiscriminator
 from world_model.behavior import ActorCritic, BehaviorConfig
 from world_model.networks import mlp
