@@ -314,8 +314,12 @@ class VMILAgent:
                 z_imagined, feats, actions, reward, actor_loss, returns, weights, am = self._behavior_fn(
                     starts.flatten())
         with self._part("actor"):
+            b = cfg.behavior
+            actor_lr = linear_schedule(step, b.actor_lr, b.actor_lr_final, b.actor_lr_anneal_steps)
+            for group in self.opt_actor.param_groups:
+                group["lr"] = actor_lr
             out = optimize(actor_loss, self.opt_actor, self.ac.actor.parameters(), cfg.grad_clip)
-            m.update({"actor/loss": actor_loss.detach(), "actor/grad_norm": out["grad_norm"],
+            m.update({"actor/loss": actor_loss.detach(), "actor/grad_norm": out["grad_norm"], "actor/lr": actor_lr,
                       "reward/imagined_mean": reward.detach().mean()})
             m.update({f"actor/{k}": v for k, v in am.items()})
             skipped += out["skipped"]
@@ -345,7 +349,8 @@ class VMILAgent:
                 idx = torch.randint(actions.shape[0] * actions.shape[1], (samples - n_replay,), device=dev)
                 parts.append(imagined_transitions(z_imagined.detach(), actions.detach(), self.disc.inputs, idx))
             x_agent = torch.cat(parts)
-            dm, skip = self._disc_update(z_expert, expert_action.detach(), expert.is_first.to(dev), x_agent, step)
+            dm, skip = self._disc_update(z_expert, expert_action.detach(), expert.is_first.to(dev), x_agent, step,
+                                         n_replay)
             m.update(dm)
             skipped += skip
         self.updates += 1
@@ -360,9 +365,9 @@ class VMILAgent:
         return metrics
 
     def _disc_update(self, z_e: torch.Tensor, action_e: torch.Tensor, first_e: torch.Tensor,
-                     x_a: torch.Tensor, step: int) -> tuple[dict[str, Any], float]:
+                     x_a: torch.Tensor, step: int, n_replay: int) -> tuple[dict[str, Any], float]:
         """One discriminator step: expert posterior transitions (real) against the sampled agent
-        transitions ``x_a`` [N, in_dim] (fake)."""
+        transitions ``x_a`` [N, in_dim] (fake), whose first ``n_replay`` are replayed, the rest imagined."""
         c = self.cfg.disc
         x_e, w_e = sequence_transitions(z_e, action_e, first_e, self.disc.inputs)
         std = linear_schedule(step, c.noise_std, c.noise_final_std, c.noise_anneal_steps)
@@ -374,6 +379,10 @@ class VMILAgent:
         metrics = {"disc/loss": loss.detach(), "disc/grad_norm": out["grad_norm"], "disc/noise_std": std,
                    "disc/expert_acc": ((logit_e.detach() > 0).float() * w_e).sum() / w_e.sum().clamp(min=1.0),
                    "disc/agent_acc": (logit_a.detach() < 0).float().mean(),
+                   # Per source: an actor that exploits D shows as imagined accuracy falling, replay not.
+                   **{f"disc/{name}_acc": (part.detach() < 0).float().mean()
+                      for name, part in (("replay", logit_a[:n_replay]), ("imagined", logit_a[n_replay:]))
+                      if part.numel() > 0},
                    "reward/expert_mean": reward_from_logit(logit_e.detach(), c.reward, c.reward_scale).mean()}
         metrics.update({f"disc/{k}": v.detach() for k, v in losses.items()})
         return metrics, out["skipped"]

@@ -284,15 +284,49 @@ def test_disc_agent_source_mixes_imagined_and_replay_transitions(monkeypatch, so
     seen = {}
     inner = agent._disc_update
 
-    def spy(z_e, action_e, first_e, x_a, step):
-        seen["x_a"] = x_a
-        return inner(z_e, action_e, first_e, x_a, step)
+    def spy(z_e, action_e, first_e, x_a, step, n_replay):
+        seen["x_a"], seen["n_replay"] = x_a, n_replay
+        return inner(z_e, action_e, first_e, x_a, step, n_replay)
 
     monkeypatch.setattr(agent, "_disc_update", spy)
-    agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
+    metrics = agent.update(make_batch(3, 6, True), make_batch(2, 6, False, seed=1), step=0)
     marked = (seen["x_a"] == 7.0).all(-1)
-    assert seen["x_a"].shape[0] == 10 and int(marked.sum()) == n_imagined
+    assert seen["x_a"].shape[0] == 10 and int(marked.sum()) == n_imagined and seen["n_replay"] == 10 - n_imagined
     assert not (seen["x_a"][~marked] == 7.0).any()
+    assert not marked[:seen["n_replay"]].any()  # replayed rows first, as the per-source accuracies assume
+    assert ("disc/replay_acc" in metrics) == (n_imagined < 10)
+    assert ("disc/imagined_acc" in metrics) == (n_imagined > 0)
+
+
+def test_disc_accuracy_per_source_matches_the_logits(monkeypatch):
+    import imitation.vmil as vmil_module
+
+    logits = torch.tensor([-1.0, 2.0, -3.0, -0.5, 4.0, 5.0, -2.0])  # 3 replayed, 4 imagined
+    real = vmil_module.discriminator_losses
+
+    def fixed_logits(*args):
+        losses, weights, logit_e, _ = real(*args)
+        return losses, weights, logit_e, logits
+
+    monkeypatch.setattr(vmil_module, "discriminator_losses", fixed_logits)
+    agent = build(False)
+    z_e = torch.zeros(2, 6, 4)
+    metrics, _ = agent._disc_update(z_e, torch.zeros(2, 6, 2), make_batch(2, 6, False).is_first,
+                                    torch.zeros(7, agent.disc.in_dim), step=0, n_replay=3)
+    assert metrics["disc/agent_acc"] == pytest.approx(4 / 7)
+    assert metrics["disc/replay_acc"] == pytest.approx(2 / 3) and metrics["disc/imagined_acc"] == pytest.approx(2 / 4)
+
+
+def test_actor_learning_rate_anneals_linearly_with_env_steps():
+    behavior = BehaviorConfig(horizon=3, units=16, actor_layers=1, critic_layers=1, actor_lr=1e-3,
+                              actor_lr_final=1e-4, actor_lr_anneal_steps=100)
+    agent = build(False, behavior=behavior)
+    batch, expert = make_batch(3, 6, True), make_batch(2, 6, False, seed=1)
+    for step, lr in ((0, 1e-3), (50, 5.5e-4), (100, 1e-4), (300, 1e-4)):
+        metrics = agent.update(batch, expert, step=step)
+        assert metrics["actor/lr"] == pytest.approx(lr)
+        assert all(g["lr"] == pytest.approx(lr) for g in agent.opt_actor.param_groups)
+    assert agent.opt_critic.param_groups[0]["lr"] == behavior.critic_lr  # only the actor's rate anneals
 
 
 def test_non_finite_update_is_skipped_without_touching_weights():

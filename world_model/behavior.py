@@ -32,6 +32,11 @@ class BehaviorConfig:
                                   "VMIL have none).")
     actor_lr: float = doc(8e-5, "Actor learning rate (Adam).")
     critic_lr: float = doc(8e-5, "Critic learning rate (Adam).")
+    actor_lr_final: float = doc(0.0, "Actor learning rate reached after actor_lr_anneal_steps (linear).")
+    actor_lr_anneal_steps: int = doc(
+        0, "Env steps over which the actor's rate goes linearly from actor_lr to actor_lr_final; 0 keeps "
+           "actor_lr. The adversarial loop can drift after its peak (the actor keeps finding imagined "
+           "transitions the discriminator rates well); a decaying rate settles the policy instead.")
     eps: float = doc(1e-5, "Adam epsilon of the actor and critic optimisers.")
     init_std: float = doc(5.0, "Actor's initial pre-tanh standard deviation.")
     min_std: float = doc(1e-4, "Actor's minimum pre-tanh standard deviation.")
@@ -84,7 +89,7 @@ class BehaviorConfig:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
         if self.lookahead_candidates < 2:
             raise ConfigError(f"agent.behavior.lookahead_candidates must be >= 2, got {self.lookahead_candidates}")
-        for name in ("pre_tanh_reg", "entropy", "lookahead"):
+        for name in ("pre_tanh_reg", "entropy", "lookahead", "actor_lr_final", "actor_lr_anneal_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.behavior.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.actor_grad_mix <= 1.0:
