@@ -330,7 +330,7 @@ class VMILAgent:
         metrics = {"disc/loss": loss.detach(), "disc/grad_norm": out["grad_norm"], "disc/noise_std": std,
                    "disc/expert_acc": ((logit_e.detach() > 0).float() * w_e).sum() / w_e.sum().clamp(min=1.0),
                    "disc/agent_acc": (logit_a.detach() < 0).float().mean(),
-                   # Per source: an actor that exploits D shows as imagined accuracy falling, replay not.
+                   # Per source: D judging imagined transitions more expert-like than real ones shows here.
                    **{f"disc/{name}_acc": (part.detach() < 0).float().mean()
                       for name, part in (("replay", logit_a[:n_replay]), ("imagined", logit_a[n_replay:]))
                       if part.numel() > 0},

@@ -35,8 +35,8 @@ class BehaviorConfig:
     actor_lr_final: float = doc(0.0, "Actor learning rate reached after actor_lr_anneal_steps (linear).")
     actor_lr_anneal_steps: int = doc(
         0, "Env steps over which the actor's rate goes linearly from actor_lr to actor_lr_final; 0 keeps "
-           "actor_lr. The adversarial loop can drift after its peak (the actor keeps finding imagined "
-           "transitions the discriminator rates well); a decaying rate settles the policy instead.")
+           "actor_lr. Meant to settle a policy whose adversarial loop drifts after its peak; on "
+           "toy:reach it did not stop the drift (README).")
     eps: float = doc(1e-5, "Adam epsilon of the actor and critic optimisers.")
     init_std: float = doc(5.0, "Actor's initial pre-tanh standard deviation.")
     min_std: float = doc(1e-4, "Actor's minimum pre-tanh standard deviation.")
