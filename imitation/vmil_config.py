@@ -16,9 +16,11 @@ class Config:
     model: ModelConfig = doc(ModelConfig(), "World model (RSSM, encoder, decoder, KL).")
     behavior: BehaviorConfig = doc(BehaviorConfig(), "Imagination and actor-critic.")
     disc: DiscriminatorConfig = doc(DiscriminatorConfig(), "Latent discriminator and reward.")
-    batch_size: int = doc(50, "Agent sequences per update.")
+    batch_size: int = doc(25, "Agent sequences per update. The world model trains on these and the expert "
+                              "sequences in one batch (batch_size + expert_batch_size).")
     seq_len: int = doc(50, "Sequence length (agent and expert).")
-    expert_batch_size: int = doc(50, "Expert sequences per update.")
+    expert_batch_size: int = doc(25, "Expert sequences per update: the discriminator's real transitions, and "
+                                     "part of the world model's batch.")
     grad_clip: float = doc(100.0, "Gradient norm clip for every optimiser; 0 disables it.")
     expl_noise: float = doc(0.3, "Std of Gaussian noise added to the actor's sampled action in the env.")
     expl_decay: int = doc(0, "Env steps over which the exploration noise halves; 0 keeps it constant.")

@@ -475,7 +475,10 @@ def test_presets_resolve(preset):
         m, b = cfg.model, cfg.behavior
         assert (m.deter, m.stoch, m.hidden, m.depth, b.units, b.horizon) == (200, 30, 200, 32, 400, 15)
         assert (b.gamma, b.lam, m.lr, b.actor_lr, b.critic_lr, cfg.disc.lr) == (0.99, 0.95, 6e-4, 8e-5, 8e-5, 8e-5)
-        assert (cfg.grad_clip, m.free_nats, cfg.batch_size, cfg.seq_len) == (100.0, 3.0, 50, 50)
+        # The paper's batch 50x50 is the world model's: agent and expert sequences together, and
+        # imagination from all of them (the public code trains its model on the demos too).
+        assert (cfg.grad_clip, m.free_nats, cfg.batch_size + cfg.expert_batch_size, cfg.seq_len) == (100.0, 3.0, 50, 50)
+        assert cfg.imagine_from == "both"
 
 
 def test_proprio_agent_runs():
@@ -505,6 +508,13 @@ def test_bench_reports_its_keys():
         assert out[key] > 0, key
     assert set(out["parts"]) == {"world_model", "imagination", "actor", "critic", "discriminator"}
     assert out["image_size"] == 64
+    # batch counts the world model's sequences: half expert by default, or as many as asked.
+    assert (out["batch"], out["agent_batch"], out["expert_batch"]) == (2, 1, 1)
+    three = bench_vmil("smoke", batch=4, expert_batch=3, seq=4, updates=1, warmup=0, peak_seconds=0.05,
+                       count_flops=False)
+    assert (three["agent_batch"], three["expert_batch"]) == (1, 3)
+    with pytest.raises(ValueError, match="at least one agent and one expert"):
+        bench_vmil("smoke", batch=4, expert_batch=4, seq=4, updates=1, warmup=0, peak_seconds=0.05)
     small = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, image_size=32)
     assert small["image_size"] == 32 and small["gflop_per_update"] < out["gflop_per_update"]
 

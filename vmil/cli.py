@@ -243,7 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 BENCH_FLAGS = {
     "env": {"env": "env_id", "image_size": "image_size", "steps": "steps", "workers": "workers"},
     "replay": {"device": "device", "image_size": "image_size"},
-    "vmil": {"preset": "preset", "batch": "batch", "seq": "seq", "device": "device", "threads": "threads",
+    "vmil": {"preset": "preset", "batch": "batch", "expert_batch": "expert_batch", "seq": "seq", "device": "device", "threads": "threads",
              "updates": "updates", "amp": "amp", "compile": "compile", "image_size": "image_size"},
     "patchail": {"algo": "algo", "batch": "batch", "device": "device", "threads": "threads",
                  "image_size": "image_size", "updates": "updates"},
@@ -418,7 +418,10 @@ def build_parser() -> Parser:
     b.add_argument("--workers", type=int, default=None,
                    help="env: worker processes of the vectorised measurement (default 2, one env each)")
     b.add_argument("--preset", default=None, help="vmil: model size preset (default paper)")
-    b.add_argument("--batch", type=int, default=None, help="vmil, patchail: batch size")
+    b.add_argument("--batch", type=int, default=None,
+                   help="vmil: sequences in the world model's batch, agent + expert (default 16); patchail: batch size")
+    b.add_argument("--expert-batch", type=int, default=None,
+                   help="vmil: how many of the --batch world-model sequences are expert ones (default half)")
     b.add_argument("--seq", type=int, default=None, help="vmil: sequence length")
     b.add_argument("--algo", default=None, help="patchail: which variant (default patchail)")
     b.add_argument("--updates", type=int, default=None, help="vmil, patchail: timed updates")

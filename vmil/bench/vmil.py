@@ -1,7 +1,10 @@
 """`vmil bench vmil`: where the time of one VMIL update goes, and how close it runs to the machine's peak.
 
-One full update = world model (+ inverse dynamics) on agent + expert sequences, imagination from
-every agent posterior state, actor, critic, discriminator. Batches are synthetic (random frames,
+One full update = world model (+ inverse dynamics) on one batch of agent and expert sequences,
+imagination from its posterior states (the preset's ``imagine_from``), actor, critic, discriminator.
+``batch`` counts the world model's sequences, as a Dreamer batch does, so a VMIL update at 16x50
+does the world-model work of a Dreamer update at 16x50; half of them are expert sequences unless
+``expert_batch`` says otherwise. Batches are synthetic (random frames,
 observation-only expert data, the default use); convolution and matmul costs do not depend on the
 pixel values. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one update; the
 fp32 matmul peak is measured in the same process with the same threads, so the ratio is
@@ -72,21 +75,25 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
                ) -> dict[str, Any]:
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes.
 
-    ``batch``/``seq`` (None: 16 and 50) set the agent batch; the expert batch defaults to the same
-    size. ``amp='bf16'`` autocasts the forward passes; ``compile`` wraps them in torch.compile."""
+    ``batch``/``seq`` (None: 16 and 50) set the world model's batch, of which ``expert_batch`` (None:
+    half) are expert sequences and the rest agent ones. ``amp='bf16'`` autocasts the forward passes; ``compile`` wraps them in torch.compile."""
     from imitation import vmil
     from vmil.config import resolve
     from vmil.nn import resolve_device
 
     batch = 16 if batch is None else batch
     seq = 50 if seq is None else seq
-    expert_batch = batch if expert_batch is None else expert_batch
+    expert_batch = batch // 2 if expert_batch is None else expert_batch
+    agent_batch = batch - expert_batch
+    if expert_batch < 1 or agent_batch < 1:
+        raise ValueError(f"the batch of {batch} sequences must hold at least one agent and one expert sequence "
+                         f"(expert_batch={expert_batch}); use batch >= 2 and 1 <= expert_batch < batch")
     if threads > 0:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     run_cfg = resolve("vmil", vmil.Config, None, preset, list(overrides))
     # model_warmup 0: a preset's warm-up (world model only) would leave the timed updates partial.
-    cfg = dataclasses.replace(run_cfg.agent, batch_size=batch, seq_len=seq, expert_batch_size=expert_batch,
+    cfg = dataclasses.replace(run_cfg.agent, batch_size=agent_batch, seq_len=seq, expert_batch_size=expert_batch,
                               amp=amp, compile=compile, model_warmup=0)
     size = image_size or run_cfg.env.image_size
     spec = EnvSpec("bench:synthetic", (3, size, size), action_dim)
@@ -94,25 +101,25 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     torch.manual_seed(0)
     agent = vmil.build(cfg, spec, dev, demos)
     gen = torch.Generator().manual_seed(0)
-    agent_batch = synthetic_batch(batch, seq, spec, dev, True, gen)
+    agent_seqs = synthetic_batch(agent_batch, seq, spec, dev, True, gen)
     expert = synthetic_batch(expert_batch, seq, spec, dev, False, gen)
 
     for i in range(warmup):
-        agent.update(agent_batch, expert, i)
+        agent.update(agent_seqs, expert, i)
     gflop = float("nan")
     if count_flops:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
         with counter:
-            agent.update(agent_batch, expert, warmup)
+            agent.update(agent_seqs, expert, warmup)
         gflop = counter.get_total_flops() / 1e9
 
     agent.timings = {}
     _sync(dev)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(updates):
-        agent.update(agent_batch, expert, warmup + 1 + i)
+        agent.update(agent_seqs, expert, warmup + 1 + i)
     _sync(dev)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     parts = {k: round(v / updates, 1) for k, v in agent.timings.items()}
@@ -129,7 +136,8 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         "peak_gflops": round(peak, 1),
         "peak_fraction": round(achieved / peak, 3),
         "parts": parts,
-        "preset": preset, "image_size": size, "batch": batch, "seq": seq, "expert_batch": expert_batch,
+        "preset": preset, "image_size": size, "batch": batch, "agent_batch": agent_batch, "expert_batch": expert_batch,
+        "seq": seq, "imagine_from": cfg.imagine_from,
         "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
         "threads": torch.get_num_threads(), "updates": updates,
         "cpu_wall_ratio": round(cpu / wall, 2) if dev.type == "cpu" else None,
