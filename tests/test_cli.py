@@ -247,6 +247,14 @@ def test_bench_env_flags(capsys):
     assert out["settings"]["steps"] == 2 and out["settings"]["workers"] == 1
     assert out["fps_fast_1workers"] > 0 and "fps_fast_2workers" not in out
     _fails(capsys, ["bench", "replay", "--workers", "2"], "--workers does not apply")
+    _fails(capsys, ["bench", "patchail", "--expert-batch", "2"], "--expert-batch does not apply")
+
+
+def test_bench_vmil_batch_counts_world_model_sequences(capsys):
+    assert main(["bench", "vmil", "--preset", "smoke", "--batch", "4", "--expert-batch", "1", "--seq", "4",
+                 "--updates", "1", "--image-size", "32"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["batch"], out["agent_batch"], out["expert_batch"], out["seq"]) == (4, 3, 1, 4)
 
 
 def test_demos_record_help_lists_the_mpc_options(capsys):
