@@ -210,9 +210,3 @@ def reward_from_logit(logit: torch.Tensor, form: str, scale: float = 1.0) -> tor
     return scale * r
 
 
-def linear_schedule(step: int, start: float, end: float, steps: int) -> float:
-    """start -> end linearly over ``steps`` (0: constant start), then end."""
-    if steps <= 0:
-        return start
-    frac = min(max(step / steps, 0.0), 1.0)
-    return start + frac * (end - start)

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from imitation.latent_discriminator import (LatentDiscriminator, discriminator_losses, imagined_transitions,
-                                            linear_schedule, reward_from_logit, sequence_transitions)
+                                            reward_from_logit, sequence_transitions)
 from imitation.vmil_config import Config
 from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
-from vmil.nn import optimize
+from vmil.nn import linear_schedule, optimize, weighted_sum
 from world_model.behavior import ActorCritic, frozen, imagine
 from world_model.model import WorldModel
 from world_model.networks import InverseDynamics, preprocess_image
@@ -37,10 +37,6 @@ from world_model.rssm import State
 from world_model.viz import openloop_strip
 
 
-def weighted_sum(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    if set(losses) != set(weights):
-        raise KeyError(f"loss names {sorted(losses)} and weight names {sorted(weights)} differ")
-    return sum(weights[k] * losses[k] for k in losses)
 
 
 def _adam(params: list[torch.nn.Parameter], lr: float, eps: float, device: torch.device) -> torch.optim.Adam:

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from imitation.discriminators import (EncoderDiscriminator, FeatureDiscriminator, PatchDiscriminator,
                                       discriminator_loss, gradient_penalty, normalize_image)

@@ -11,7 +11,8 @@ import torch
 
 from vmil.base import EnvSpec, Obs, TransitionBatch
 from vmil.rl import drqv2
-from vmil.rl.drqv2 import Config, Encoder, build, linear_schedule, sample_action
+from vmil.nn import linear_schedule
+from vmil.rl.drqv2 import Config, Encoder, build, sample_action
 
 SPEC = EnvSpec("toy:reach", (3, 16, 16), 2)
 TINY = Config(batch_size=4, feature_dim=8, hidden_dim=32, encoder_channels=8, augment_pad=2)
@@ -31,9 +32,9 @@ def test_encoder_size_for_84_pixels():
 
 
 def test_linear_schedule_matches_hand_values():
-    assert linear_schedule((1.0, 0.1, 500_000), 0) == 1.0
-    assert math.isclose(linear_schedule((1.0, 0.1, 500_000), 250_000), 0.55)
-    assert math.isclose(linear_schedule((1.0, 0.1, 500_000), 10 ** 7), 0.1)
+    assert linear_schedule(0, 1.0, 0.1, 500_000) == 1.0
+    assert math.isclose(linear_schedule(250_000, 1.0, 0.1, 500_000), 0.55)
+    assert math.isclose(linear_schedule(10 ** 7, 1.0, 0.1, 500_000), 0.1)
 
 
 def test_sample_action_clips_noise_and_passes_gradients():
@@ -56,7 +57,7 @@ def test_update_returns_finite_named_metrics_and_moves_the_target():
     for key in ("critic_loss", "actor_loss", "critic_q1", "critic_target_q", "actor_std", "skipped", "reward_mean"):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert metrics["skipped"] == 0.0
-    assert metrics["actor_std"] == pytest.approx(linear_schedule(TINY.std_schedule, 100))
+    assert metrics["actor_std"] == pytest.approx(linear_schedule(100, *TINY.std_schedule))
     after = list(agent.critic_target.parameters())
     # Soft update: target <- target + tau * (critic - target).
     for b, a, c in zip(before, after, agent.critic.parameters()):

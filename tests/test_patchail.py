@@ -2,7 +2,6 @@
 staying untouched by the discriminator, checkpoints, bad demos; `slow`: learning on toy:reach."""
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math

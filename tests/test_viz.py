@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from imitation.discriminators import PatchDiscriminator
-from imitation.viz import (DEFAULT_GEOMETRY, frame_rgb, patch_reward_map, patch_value_map, side_by_side,
+from imitation.viz import (frame_rgb, patch_reward_map, patch_value_map, side_by_side,
                            transition_inputs, write_png, write_video)
 
 

@@ -13,10 +13,11 @@ from torch import nn
 
 from imitation import vmil
 from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscriminator, bce_losses, disc_input,
-                                            imagined_transitions, input_gradient_penalty, linear_schedule,
+                                            imagined_transitions, input_gradient_penalty,
                                             param_gradient_penalty, reward_from_logit, sequence_transitions)
 from vmil.base import EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, resolve
+from vmil.nn import linear_schedule
 from world_model import analysis
 from world_model.behavior import BehaviorConfig
 from world_model.model import ModelConfig

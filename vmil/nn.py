@@ -39,6 +39,21 @@ def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, params: Iterable[to
     return {"grad_norm": float(norm), "skipped": 0.0}
 
 
+def weighted_sum(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The total of a named loss dict under a weights dict with the same names."""
+    if set(losses) != set(weights):
+        raise KeyError(f"loss names {sorted(losses)} and weight names {sorted(weights)} differ")
+    return sum(weights[k] * losses[k] for k in losses)
+
+
+def linear_schedule(step: int, start: float, end: float, steps: int) -> float:
+    """start -> end linearly over ``steps`` (0: constant start), then end."""
+    if steps <= 0:
+        return start
+    frac = min(max(step / steps, 0.0), 1.0)
+    return start + frac * (end - start)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, else CPU; an explicit CUDA request without CUDA fails."""
     if name == "auto":

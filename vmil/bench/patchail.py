@@ -192,7 +192,8 @@ class PublicStyleUpdate:
         return now
 
     def update(self, batch: TransitionBatch, expert: TransitionBatch | None, step: int) -> None:
-        from vmil.rl.drqv2 import linear_schedule, sample_action
+        from vmil.nn import linear_schedule
+        from vmil.rl.drqv2 import sample_action
 
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -224,7 +225,7 @@ class PublicStyleUpdate:
             h_next = self.encoder(next_obs)
             if self.disc is not None:
                 self.encoder(expert_obs)  # the public code encodes the expert batch every update
-        std = linear_schedule(cfg.std_schedule, step)
+        std = linear_schedule(step, *cfg.std_schedule)
         with torch.no_grad():
             next_action = sample_action(self.actor(h_next), std, cfg.std_clip)
             tq1, tq2 = self.critic_target(h_next, next_action)

@@ -23,7 +23,7 @@ from torch import nn
 
 from vmil.base import BatchRequest, EnvSpec, Obs, TransitionBatch
 from vmil.config import doc
-from vmil.nn import optimize
+from vmil.nn import linear_schedule, optimize, weighted_sum
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Config:
     encoder_channels: int = doc(32, "Channels of the four 3x3 encoder convolutions.")
     critic_tau: float = doc(0.01, "Soft-update rate of the target critic.")
     std_schedule: tuple[float, float, int] = doc(
-        (1.0, 0.1, 500_000), "Exploration std: linear(init, final, over this many env steps).")
+        (1.0, 0.1, 500_000), "Exploration std: linear(init, final, over this many env steps; 0 keeps init).")
     std_clip: float = doc(0.3, "Clip of the target-policy and actor-update noise.")
     augment_pad: int = doc(4, "Random-shift padding in pixels (0 disables augmentation).")
     grad_clip: float = doc(0.0, "Gradient-norm clip per optimiser; 0 for none.")
@@ -50,15 +50,6 @@ class Config:
     bf16: bool = doc(False, "bf16 autocast for forward passes (faster on CPUs with avx512_bf16 and on GPUs).")
 
 
-def linear_schedule(schedule: tuple[float, float, int], step: int) -> float:
-    init, final, duration = schedule
-    mix = min(max(step / max(duration, 1), 0.0), 1.0)
-    return (1.0 - mix) * init + mix * final
-
-
-def weighted_sum(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    assert set(losses) == set(weights), f"loss names {sorted(losses)} != weight names {sorted(weights)}"
-    return sum(weights[k] * losses[k] for k in losses)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +189,7 @@ class DrQV2:
         self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
 
     def std(self, step: int) -> float:
-        return linear_schedule(self.cfg.std_schedule, step)
+        return linear_schedule(step, *self.cfg.std_schedule)
 
     def to_float(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> float [0, 255] in the convolution memory format."""
