@@ -51,9 +51,8 @@ from imitation import discriminators as D
 from imitation import rewards as R
 from vmil.base import EnvSpec, Obs, TransitionBatch
 from vmil.config import doc
-from vmil.nn import optimize
+from vmil.nn import linear_schedule, optimize
 from vmil.rl import drqv2
-from vmil.nn import linear_schedule
 from vmil.rl.drqv2 import DrQV2
 
 VARIANTS = ("patchail", "patchail-w", "patchail-b", "patchail-bc", "shared-enc-ail", "ind-enc-ail", "sqil")
@@ -87,7 +86,8 @@ class Config(drqv2.Config):
     sim_reference: Literal["logits", "probs"] = doc(
         "logits", "Sim's expert reference: mean expert logits (the paper's Eq. 7) or mean patch probabilities (the public code).")
     bc_schedule: tuple[float, float, int] = doc(
-        (1.0, 0.01, 400_000), "patchail-bc: BC weight w, linear(init, final, env steps; 0 keeps init); actor loss (1-w)*RL + w*bc_scale*BC.")
+        (1.0, 0.01, 400_000), "patchail-bc: BC weight w, linear(init, final, env steps; 0 keeps init); "
+                              "actor loss (1-w)*RL + w*bc_scale*BC.")
     bc_scale: float = doc(0.03, "patchail-bc: scale of the BC negative log-likelihood (the public code).")
     bc_std: float = doc(0.1, "patchail-bc: std of the Gaussian whose log-likelihood of expert actions is the BC loss.")
     sqil_expert_reward: float = doc(1.0, "sqil: reward of each expert step (agent steps get 0).")

@@ -37,8 +37,6 @@ from world_model.rssm import State
 from world_model.viz import openloop_strip
 
 
-
-
 def _adam(params: list[torch.nn.Parameter], lr: float, eps: float, device: torch.device) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, eps=eps, fused=device.type in ("cpu", "cuda"))
 

@@ -17,7 +17,7 @@ from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscrimin
                                             param_gradient_penalty, reward_from_logit, sequence_transitions)
 from vmil.base import EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, resolve
-from vmil.nn import linear_schedule
+from vmil.nn import linear_schedule, weighted_sum
 from world_model import analysis
 from world_model.behavior import BehaviorConfig
 from world_model.model import ModelConfig
@@ -101,6 +101,13 @@ def test_disc_inputs_and_schedule():
     assert d.transition_logit(z, None, z2).shape == (4,)
     assert linear_schedule(0, 1.0, 0.0, 10) == 1.0 and linear_schedule(5, 1.0, 0.0, 10) == 0.5
     assert linear_schedule(50, 1.0, 0.0, 10) == 0.0 and linear_schedule(50, 1.0, 0.0, 0) == 1.0
+
+
+def test_weighted_sum_matches_hand_total_and_refuses_mismatched_names():
+    losses = {"image": torch.tensor(2.0), "kl": torch.tensor(3.0)}
+    assert weighted_sum(losses, {"image": 1.0, "kl": 0.5}).item() == 3.5
+    with pytest.raises(KeyError, match="differ"):
+        weighted_sum(losses, {"image": 1.0})
 
 
 def test_transition_inputs_follow_the_action_convention():
@@ -511,9 +518,14 @@ def test_bench_reports_its_keys():
     assert out["image_size"] == 64
     # batch counts the world model's sequences: half expert by default, or as many as asked.
     assert (out["batch"], out["agent_batch"], out["expert_batch"]) == (2, 1, 1)
-    three = bench_vmil("smoke", batch=4, expert_batch=3, seq=4, updates=1, warmup=0, peak_seconds=0.05,
-                       count_flops=False)
+    three = bench_vmil("smoke", batch=4, expert_batch=3, seq=4, updates=1, warmup=0, peak_seconds=0.05)
     assert (three["agent_batch"], three["expert_batch"]) == (1, 3)
+    half = bench_vmil("smoke", batch=4, seq=4, updates=1, warmup=0, peak_seconds=0.05)
+    assert (half["agent_batch"], half["expert_batch"]) == (2, 2)
+    # Every part of the update is linear in the sequences: twice the batch, twice the FLOPs; and the
+    # world model (most of the work) sees `batch` sequences however they split.
+    assert half["gflop_per_update"] == pytest.approx(2 * out["gflop_per_update"], rel=0.02)
+    assert three["gflop_per_update"] == pytest.approx(half["gflop_per_update"], rel=0.05)
     with pytest.raises(ValueError, match="at least one agent and one expert"):
         bench_vmil("smoke", batch=4, expert_batch=4, seq=4, updates=1, warmup=0, peak_seconds=0.05)
     small = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, image_size=32)

@@ -243,8 +243,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 BENCH_FLAGS = {
     "env": {"env": "env_id", "image_size": "image_size", "steps": "steps", "workers": "workers"},
     "replay": {"device": "device", "image_size": "image_size"},
-    "vmil": {"preset": "preset", "batch": "batch", "expert_batch": "expert_batch", "seq": "seq", "device": "device", "threads": "threads",
-             "updates": "updates", "amp": "amp", "compile": "compile", "image_size": "image_size"},
+    "vmil": {"preset": "preset", "batch": "batch", "expert_batch": "expert_batch", "seq": "seq", "device": "device",
+             "threads": "threads", "updates": "updates", "amp": "amp", "compile": "compile",
+             "image_size": "image_size"},
     "patchail": {"algo": "algo", "batch": "batch", "device": "device", "threads": "threads",
                  "image_size": "image_size", "updates": "updates"},
 }

@@ -76,7 +76,8 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes.
 
     ``batch``/``seq`` (None: 16 and 50) set the world model's batch, of which ``expert_batch`` (None:
-    half) are expert sequences and the rest agent ones. ``amp='bf16'`` autocasts the forward passes; ``compile`` wraps them in torch.compile."""
+    half) are expert sequences and the rest agent ones. ``amp='bf16'`` autocasts the forward passes;
+    ``compile`` wraps them in torch.compile."""
     from imitation import vmil
     from vmil.config import resolve
     from vmil.nn import resolve_device
@@ -131,13 +132,13 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     achieved = gflop / (ms / 1000)
     result: dict[str, Any] = {
         "ms_per_update": round(ms, 1),
-        "gflop_per_update": round(gflop, 2),
+        "gflop_per_update": float(f"{gflop:.4g}"),  # significant digits: smoke sizes are ~0.05
         "achieved_gflops": round(achieved, 1),
         "peak_gflops": round(peak, 1),
         "peak_fraction": round(achieved / peak, 3),
         "parts": parts,
-        "preset": preset, "image_size": size, "batch": batch, "agent_batch": agent_batch, "expert_batch": expert_batch,
-        "seq": seq, "imagine_from": cfg.imagine_from,
+        "preset": preset, "image_size": size, "batch": batch, "agent_batch": agent_batch,
+        "expert_batch": expert_batch, "seq": seq, "imagine_from": cfg.imagine_from,
         "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
         "threads": torch.get_num_threads(), "updates": updates,
         "cpu_wall_ratio": round(cpu / wall, 2) if dev.type == "cpu" else None,
