@@ -520,8 +520,12 @@ def test_bench_reports_its_keys():
     assert (out["batch"], out["agent_batch"], out["expert_batch"]) == (2, 1, 1)
     three = bench_vmil("smoke", batch=4, expert_batch=3, seq=4, updates=1, warmup=0, peak_seconds=0.05)
     assert (three["agent_batch"], three["expert_batch"]) == (1, 3)
-    half = bench_vmil("smoke", batch=4, seq=4, updates=1, warmup=0, peak_seconds=0.05)
+    half = bench_vmil("smoke", batch=4, seq=4, updates=3, warmup=0, peak_seconds=0.05)
     assert (half["agent_batch"], half["expert_batch"]) == (2, 2)
+    # ms_per_update is the median update, and the FLOP rate is read at it.
+    each = half["ms_each_update"]
+    assert len(each) == 3 and half["ms_per_update"] == pytest.approx(sorted(each)[1], abs=0.06)
+    assert half["achieved_gflops"] == pytest.approx(half["gflop_per_update"] / half["ms_per_update"] * 1000, rel=0.02)
     # Every part of the update is linear in the sequences: twice the batch, twice the FLOPs; and the
     # world model (most of the work) sees `batch` sequences however they split.
     assert half["gflop_per_update"] == pytest.approx(2 * out["gflop_per_update"], rel=0.02)

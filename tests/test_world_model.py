@@ -450,6 +450,29 @@ def test_world_model_proprio_needs_state():
         wm.encode(image, None)
 
 
+def test_image_loss_is_half_the_squared_error_per_frame():
+    """losses['image'] = 0.5 * sum over a frame of (decoded - image)^2, averaged over B*T frames;
+    image_mse = mean over every pixel, and the gradient is the one of that formula."""
+    torch.manual_seed(0)
+    wm = WorldModel((3, 32, 32), 2, deter=8, stoch=4, hidden=8, depth=4)
+    obs = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    image = preprocess_image(obs)
+    losses, post, _, metrics = wm.losses(image, wm.encode(image), torch.zeros(2, 3, 2),
+                                         torch.zeros(2, 3, dtype=torch.bool), free_nats=3.0)
+    recon = wm.decoder(wm.rssm.feat(post))
+    squared = (recon - image) ** 2
+    reference = 0.5 * squared.sum((-3, -2, -1)).mean()
+    assert torch.isclose(losses["image"], reference, rtol=1e-5)
+    assert torch.isclose(metrics["image_mse"], squared.mean(), rtol=1e-5)
+    bias = wm.decoder.net[-1].bias
+    (grad,) = torch.autograd.grad(losses["image"], bias, retain_graph=True)
+    (grad_ref,) = torch.autograd.grad(reference, bias)
+    assert torch.allclose(grad, grad_ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        wm.losses(image[..., :8, :8], wm.encode(image), torch.zeros(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool),
+                  free_nats=3.0)
+
+
 def test_latent_action_loss_matches_hand_computation():
     """action_head(z_t+1 - z_t) against a_t+1, only inside episodes and only for marked sequences."""
     wm = WorldModel((3, 64, 64), 2, deter=8, stoch=3, hidden=8, depth=4, latent_action=True)
