@@ -51,7 +51,7 @@ from imitation import discriminators as D
 from imitation import rewards as R
 from vmil.base import EnvSpec, Obs, TransitionBatch
 from vmil.config import doc
-from vmil.nn import linear_schedule, optimize
+from vmil.nn import adam, linear_schedule, optimize
 from vmil.rl import drqv2
 from vmil.rl.drqv2 import DrQV2
 
@@ -157,7 +157,7 @@ class ImitationAgent:
         self.disc_opt = None
         if self.disc is not None:
             self.disc.to(device, memory_format=self.rl.memory_format)
-            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, **drqv2._fast_adam())
+            self.disc_opt = adam(self.disc.parameters(), cfg.disc_lr)
         self.disc_bf16 = cfg.bf16 or cfg.disc_precision == "bf16" or (cfg.disc_precision == "auto"
                                                                      and native_bf16(device))
         self.sim_scale = 0.0  # lambda of PatchAIL-W/-B, set at the first update

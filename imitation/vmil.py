@@ -18,9 +18,7 @@ Observation-only demos (the default use). The expert's actions are unknown, so:
 """
 from __future__ import annotations
 
-import contextlib
-import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,46 +27,39 @@ from imitation.latent_discriminator import (LatentDiscriminator, discriminator_l
                                             reward_from_logit, sequence_transitions)
 from imitation.vmil_config import Config
 from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
-from vmil.nn import linear_schedule, optimize, weighted_sum
+from vmil.checkpoint import load_parts, parts_state
+from vmil.nn import adam, linear_schedule, metrics_to_host, optimize, timed, weighted_sum
+from world_model.analysis import openloop_strips
 from world_model.behavior import ActorCritic, frozen, imagine
 from world_model.model import WorldModel
 from world_model.networks import InverseDynamics, preprocess_image
 from world_model.rssm import State
-from world_model.viz import openloop_strip
-
-
-def _adam(params: list[torch.nn.Parameter], lr: float, eps: float, device: torch.device) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=lr, eps=eps, fused=device.type in ("cpu", "cuda"))
 
 
 class VMILAgent:
     def __init__(self, cfg: Config, spec: EnvSpec, device: torch.device, demos_have_actions: bool):
         self.cfg, self.spec, self.device = cfg, spec, device
-        self.action_dim = spec.action_dim
-        self.demos_have_actions = demos_have_actions
+        self.action_dim, self.demos_have_actions = spec.action_dim, demos_have_actions
         inputs = cfg.disc.inputs if cfg.disc.inputs != "auto" else ("zaz" if demos_have_actions else "zz")
         features = cfg.disc.features if cfg.disc.features != "auto" else ("full" if demos_have_actions else "stoch")
         self.disc_stoch_only = features == "stoch"
         self.use_idm = not demos_have_actions and cfg.expert_actions == "infer"
         self.wm = WorldModel.from_config(cfg.model, spec.obs_shape, spec.action_dim, spec.state_dim).to(device)
-        feat = self.wm.feat_dim
-        self.ac = ActorCritic(feat, spec.action_dim, cfg.behavior).to(device)
-        disc_feat = cfg.model.stoch if self.disc_stoch_only else feat
-        self.disc = LatentDiscriminator(disc_feat, spec.action_dim, inputs, cfg.disc.units, cfg.disc.layers,
-                                        cfg.disc.layer_norm).to(device)
+        self.ac = ActorCritic(self.wm.feat_dim, spec.action_dim, cfg.behavior).to(device)
+        self.disc = LatentDiscriminator(cfg.model.stoch if self.disc_stoch_only else self.wm.feat_dim, spec.action_dim,
+                                        inputs, cfg.disc.units, cfg.disc.layers, cfg.disc.layer_norm).to(device)
         self.idm = (InverseDynamics(self.wm.embed_dim, spec.action_dim, cfg.idm_units, cfg.idm_layers).to(device)
                     if self.use_idm else None)
         m, b = cfg.model, cfg.behavior
-        model_params = list(self.wm.parameters()) + (list(self.idm.parameters()) if self.idm else [])
-        self.opt_model = _adam(list(self.wm.parameters()), m.lr, m.eps, device)
+        self._model_params = list(self.wm.parameters()) + (list(self.idm.parameters()) if self.idm else [])
+        self.opt_model = adam(self.wm.parameters(), m.lr, m.eps)
         if self.idm is not None:
             self.opt_model.add_param_group({"params": list(self.idm.parameters()), "lr": cfg.idm_lr})
-        self._model_params = model_params
         # A separate optimiser: its extra steps must not advance the world model optimiser's moments.
-        self.opt_prior = _adam(self.wm.dynamics_parameters(), m.lr, m.eps, device) if m.prior_steps else None
-        self.opt_actor = _adam(list(self.ac.actor.parameters()), b.actor_lr, b.eps, device)
-        self.opt_critic = _adam(list(self.ac.critic.parameters()), b.critic_lr, b.eps, device)
-        self.opt_disc = _adam(list(self.disc.parameters()), cfg.disc.lr, cfg.disc.eps, device)
+        self.opt_prior = adam(self.wm.dynamics_parameters(), m.lr, m.eps) if m.prior_steps else None
+        self.opt_actor = adam(self.ac.actor.parameters(), b.actor_lr, b.eps)
+        self.opt_critic = adam(self.ac.critic.parameters(), b.critic_lr, b.eps)
+        self.opt_disc = adam(self.disc.parameters(), cfg.disc.lr, cfg.disc.eps)
         self.request = BatchRequest(kind="sequence", batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                     expert_batch_size=cfg.expert_batch_size)
         self.updates = 0
@@ -86,18 +77,8 @@ class VMILAgent:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
 
-    @contextlib.contextmanager
-    def _part(self, name: str) -> Iterator[None]:
-        if self.timings is None:
-            yield
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+    def _part(self, name: str):
+        return timed(self.timings, name, self.device)
 
     def disc_features(self, state: State) -> torch.Tensor:
         """The latent features [..., F] of ``state`` the discriminator reads (``disc.features``,
@@ -109,7 +90,7 @@ class VMILAgent:
         """Env action range -> [-1, 1], the actor's range."""
         return ((action.to(self.device, torch.float32) - self._a_shift) / self._a_scale).clamp(-1, 1)
 
-    def _check(self, batch: SequenceBatch, name: str) -> None:
+    def check_batch(self, batch: SequenceBatch, name: str) -> None:
         obs = batch.obs
         if obs.dim() != 5 or tuple(obs.shape[2:]) != tuple(self.spec.obs_shape) or obs.dtype != torch.uint8:
             raise ValueError(f"VMIL {name} batch: expected uint8 obs [B, T, {', '.join(map(str, self.spec.obs_shape))}]"
@@ -205,8 +186,8 @@ class VMILAgent:
     def update(self, batch: SequenceBatch, expert: SequenceBatch, step: int) -> dict[str, float]:
         if batch is None or expert is None:
             raise ValueError("VMIL updates need an agent batch and an expert batch (request.expert_batch_size > 0)")
-        self._check(batch, "agent")
-        self._check(expert, "expert")
+        self.check_batch(batch, "agent")
+        self.check_batch(expert, "expert")
         if batch.obs.shape[1] != expert.obs.shape[1]:
             raise ValueError(f"agent and expert sequences must have the same length, got {batch.obs.shape[1]} "
                              f"and {expert.obs.shape[1]}")
@@ -248,7 +229,7 @@ class VMILAgent:
             m.update({f"model/{k}": v for k, v in sens.items()})
         if self.updates < cfg.model_warmup:
             self.updates += 1
-            return self._to_host(m, skipped)
+            return metrics_to_host({**m, "skipped": skipped}, self.device)
         z_expert = self.disc_features(post.map(lambda x: x[B:]))
 
         # Imagination from every agent (and, with imagine_from=both, expert) posterior state; the actor
@@ -299,15 +280,7 @@ class VMILAgent:
             m.update(dm)
             skipped += skip
         self.updates += 1
-        return self._to_host(m, skipped)
-
-    def _to_host(self, m: dict[str, Any], skipped: Any) -> dict[str, float]:
-        """Every metric in one device -> host transfer."""
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(self.device).float().reshape(())
-                              for v in m.values()]).tolist()
-        metrics = dict(zip(m.keys(), values))
-        metrics["skipped"] = float(skipped)
-        return metrics
+        return metrics_to_host({**m, "skipped": skipped}, self.device)
 
     def _disc_update(self, z_e: torch.Tensor, action_e: torch.Tensor, first_e: torch.Tensor,
                      x_a: torch.Tensor, step: int, n_replay: int) -> tuple[dict[str, Any], float]:
@@ -377,23 +350,10 @@ class VMILAgent:
         cut = lambda x: None if x is None else x[:n, :T].to(self.device)  # noqa: E731
         return SequenceBatch(*(cut(x) for x in batch))
 
-    @torch.no_grad()
     def visualize(self, expert: SequenceBatch | None, batch: SequenceBatch | None,
                   sequences: int = 4) -> dict[str, np.ndarray]:
-        """Open-loop prediction strips (truth / prediction / error rows), HWC uint8, for an expert and
-        an agent batch: the model sees ``openloop_context`` frames, then only the actions."""
-        out = {}
-        for name, b in (("openloop_expert", expert), ("openloop_agent", batch)):
-            if b is None:
-                continue
-            self._check(b, name)
-            T = min(self.cfg.openloop_steps, b.obs.shape[1])
-            b = self.slice_batch(b, sequences, T)
-            context = min(self.cfg.openloop_context, T - 1)
-            truth, pred = self.wm.open_loop(b.obs, self.sequence_actions(b), b.is_first.to(self.device), context,
-                                            self.proprio(b))
-            out[name] = openloop_strip(truth, pred)
-        return out
+        """Open-loop prediction strips of an expert and an agent batch (:func:`openloop_strips`)."""
+        return openloop_strips(self, {"openloop_expert": expert, "openloop_agent": batch}, sequences)
 
     # ------------------------------------------------------------------ persistence
 
@@ -407,26 +367,13 @@ class VMILAgent:
         return parts
 
     def state_dict(self) -> dict[str, Any]:
-        state = {name: part.state_dict() for name, part in self._parts().items()}
-        state["updates"] = self.updates
-        state["last_step"] = self._last_step
-        return state
+        return parts_state(self._parts(), updates=self.updates, last_step=self._last_step)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        parts = self._parts()
-        expected = set(parts) | {"updates", "last_step"}
-        missing, unexpected = expected - set(state), set(state) - expected
-        if missing or unexpected:
-            raise ValueError(f"not a VMIL checkpoint for this config: missing keys {sorted(missing)}, unexpected "
-                             f"keys {sorted(unexpected)} (an inverse-dynamics model exists only for demos "
-                             "without actions and expert_actions=infer)")
-        for name, part in parts.items():
-            try:
-                part.load_state_dict(state[name])
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise ValueError(f"VMIL checkpoint part '{name}' does not fit this config (different sizes?): "
-                                 f"{str(err).splitlines()[0]}") from err
-        self.updates, self._last_step = int(state["updates"]), int(state["last_step"])
+        counters = load_parts(state, self._parts(), ("updates", "last_step"), "VMIL",
+                              "an inverse-dynamics model exists only for demos without actions and "
+                              "expert_actions=infer")
+        self.updates, self._last_step = counters["updates"], counters["last_step"]
 
 
 def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any) -> VMILAgent:

@@ -17,7 +17,7 @@ from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscrimin
                                             param_gradient_penalty, reward_from_logit, sequence_transitions)
 from vmil.base import EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, resolve
-from vmil.nn import linear_schedule, weighted_sum
+from vmil.nn import adam, linear_schedule, metrics_to_host, timed, weighted_sum
 from world_model import analysis
 from world_model.behavior import BehaviorConfig
 from world_model.model import ModelConfig
@@ -108,6 +108,28 @@ def test_weighted_sum_matches_hand_total_and_refuses_mismatched_names():
     assert weighted_sum(losses, {"image": 1.0, "kl": 0.5}).item() == 3.5
     with pytest.raises(KeyError, match="differ"):
         weighted_sum(losses, {"image": 1.0})
+
+
+def test_shared_update_helpers():
+    """adam: fused on CPU with the given eps; timed: adds each block's ms under its name, nothing when
+    off; metrics_to_host: floats for tensors and numbers alike."""
+    w = nn.Parameter(torch.ones(3))
+    opt = adam([w], 0.1, eps=1e-5)
+    group = opt.param_groups[0]
+    assert group["fused"] and group["eps"] == 1e-5 and group["lr"] == 0.1
+    (w ** 2).sum().backward()
+    opt.step()
+    assert torch.allclose(w, torch.full((3,), 0.9))  # Adam's first step moves by lr against the gradient's sign
+    timings: dict[str, float] = {}
+    for _ in range(2):
+        with timed(timings, "part", torch.device("cpu")):
+            sum(range(1000))
+    with timed(None, "part", torch.device("cpu")):
+        pass
+    assert set(timings) == {"part"} and timings["part"] > 0
+    out = metrics_to_host({"a": torch.tensor(1.5), "b": 2, "c": torch.tensor([3.0], dtype=torch.bfloat16)},
+                          torch.device("cpu"))
+    assert out == {"a": 1.5, "b": 2.0, "c": 3.0} and all(type(v) is float for v in out.values())
 
 
 def test_transition_inputs_follow_the_action_convention():

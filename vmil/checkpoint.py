@@ -57,6 +57,32 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] 
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def parts_state(parts: dict[str, Any], **counters: int) -> dict[str, Any]:
+    """An agent's state: each part's (module or optimiser) ``state_dict`` under its name, plus counters."""
+    state: dict[str, Any] = {name: part.state_dict() for name, part in parts.items()}
+    state.update({name: int(value) for name, value in counters.items()})
+    return state
+
+
+def load_parts(state: dict[str, Any], parts: dict[str, Any], counters: tuple[str, ...], owner: str,
+               hint: str = "") -> dict[str, int]:
+    """Load what :func:`parts_state` wrote into ``parts``; returns the counters. A state with other
+    names (another algorithm, another config) or a part of other sizes fails naming what differs,
+    before anything is half-loaded where the names are concerned."""
+    expected = set(parts) | set(counters)
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(f"not a {owner} checkpoint for this config: missing keys {sorted(missing)}, "
+                              f"unexpected keys {sorted(unexpected)}" + (f" ({hint})" if hint else ""))
+    for name, part in parts.items():
+        try:
+            part.load_state_dict(state[name])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{owner} checkpoint part '{name}' does not fit this config (different sizes?): "
+                                  f"{str(err).splitlines()[0]}") from err
+    return {name: int(state[name]) for name in counters}
+
+
 def save_checkpoint(path: str | Path, *, algo: str, agent_state: dict[str, Any], counters: dict[str, int],
                     config: dict[str, Any], rng: dict[str, Any] | None = None,
                     meta: dict[str, Any] | None = None) -> Path:

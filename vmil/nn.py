@@ -1,10 +1,13 @@
-"""Small shared pieces for every learner: one optimisation step, Gaussian policy densities, device choice,
-seeding."""
+"""Small shared pieces for every learner: one optimisation step, Adam, timing of an update's parts,
+Gaussian policy densities, schedules, device choice, seeding."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import random
-from typing import Iterable
+import time
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +40,47 @@ def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, params: Iterable[to
         return {"grad_norm": float("nan"), "skipped": 1.0}
     opt.step()
     return {"grad_norm": float(norm), "skipped": 0.0}
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_adam_available() -> bool:
+    try:
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], fused=True)
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def adam(params: Iterable[torch.nn.Parameter], lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam, fused (one kernel for all parameters) on CPU and CUDA where this torch has it, else foreach."""
+    params = list(params)
+    device = params[0].device.type if params else "cpu"
+    if device in ("cpu", "cuda") and _fused_adam_available():
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float] | None, name: str, device: torch.device) -> Iterator[None]:
+    """Adds the block's wall time (ms) to ``timings[name]``; ``timings`` None: timing is off.
+    CUDA work is asynchronous, so the device is synchronised at both ends."""
+    if timings is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+
+
+def metrics_to_host(metrics: dict[str, torch.Tensor | float], device: torch.device) -> dict[str, float]:
+    """Scalar metrics (tensors on ``device`` or numbers) as floats, in one device -> host transfer
+    instead of one synchronisation per metric."""
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(device).reshape(()) for v in metrics.values()])
+    return dict(zip(metrics.keys(), values.tolist()))
 
 
 def weighted_sum(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

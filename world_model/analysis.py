@@ -1,6 +1,7 @@
 """What the latent-rollout notebook calls: load a VMIL run (or train a smoke one), turn episodes into
 sequence batches, discriminator reward along a trajectory, the actor's imagined rollouts decoded to
-frames, and a reward plot. Open-loop strips come from :meth:`imitation.vmil.VMILAgent.visualize`."""
+frames, open-loop prediction strips (what :meth:`imitation.vmil.VMILAgent.visualize` logs at each
+evaluation), and a reward plot."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import torch
 from vmil.base import EnvSpec, SequenceBatch
 from world_model.behavior import imagine
 from world_model.networks import preprocess_image
-from world_model.viz import frame_grid
+from world_model.viz import frame_grid, openloop_strip
 
 
 def train_smoke_run(out_dir: str | Path, env_id: str = "toy:reach", episodes: int = 3, preset: str = "smoke",
@@ -111,6 +112,24 @@ def reward_figure(rewards: dict[str, np.ndarray], title: str = "discriminator re
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+@torch.no_grad()
+def openloop_strips(agent: Any, batches: dict[str, SequenceBatch | None], sequences: int = 4) -> dict[str, np.ndarray]:
+    """Open-loop prediction strips (truth / prediction / error rows), HWC uint8, one per named batch
+    (None: skipped) of a VMIL agent: its world model sees ``openloop_context`` frames of the first
+    ``sequences`` sequences, then only their actions (recorded, or inferred as in training)."""
+    out = {}
+    for name, batch in batches.items():
+        if batch is None:
+            continue
+        agent.check_batch(batch, name)
+        T = min(agent.cfg.openloop_steps, batch.obs.shape[1])
+        b = agent.slice_batch(batch, sequences, T)
+        context = min(agent.cfg.openloop_context, T - 1)
+        truth, pred = agent.wm.open_loop(b.obs, agent.sequence_actions(b), b.is_first, context, agent.proprio(b))
+        out[name] = openloop_strip(truth, pred)
+    return out
 
 
 @torch.no_grad()

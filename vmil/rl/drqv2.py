@@ -10,11 +10,9 @@ Read top to bottom: config, networks, the learner (act / critic step / actor ste
 from __future__ import annotations
 
 import copy
-import functools
-import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from torch import nn
 
 from vmil.base import BatchRequest, EnvSpec, Obs, TransitionBatch
 from vmil.config import doc
-from vmil.nn import linear_schedule, optimize, weighted_sum
+from vmil.nn import adam, linear_schedule, optimize, timed, weighted_sum
 
 
 @dataclass(frozen=True)
@@ -163,8 +161,8 @@ class DrQV2:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         # One Adam over encoder + critic equals DrQ-v2's two (Adam is per parameter); fused on CPU and GPU.
         self.critic_params = list(self.encoder.parameters()) + list(self.critic.parameters())
-        self.critic_opt = torch.optim.Adam(self.critic_params, lr=cfg.lr, **_fast_adam())
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, **_fast_adam())
+        self.critic_opt = adam(self.critic_params, cfg.lr)
+        self.actor_opt = adam(self.actor.parameters(), cfg.lr)
         self.step = 0  # env steps at the last update: drives the exploration schedule in act()
         self.timings: dict[str, float] | None = None  # set to {} to time the parts of each update (ms)
 
@@ -174,19 +172,9 @@ class DrQV2:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    @contextmanager
-    def timed(self, name: str) -> Iterator[None]:
+    def timed(self, name: str):
         """Adds the wall time of the block to ``timings[name]`` when timing is on (benchmarks)."""
-        if self.timings is None:
-            yield
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+        return timed(self.timings, name, self.device)
 
     def std(self, step: int) -> float:
         return linear_schedule(step, *self.cfg.std_schedule)
@@ -320,16 +308,6 @@ class DrQV2:
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.step = int(state["step"])
-
-
-@functools.lru_cache(maxsize=1)
-def _fast_adam() -> dict[str, bool]:
-    """Fused Adam (one kernel for all parameters) where this torch has it, else foreach."""
-    try:
-        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], fused=True)
-        return {"fused": True}
-    except (RuntimeError, TypeError):
-        return {"foreach": True}
 
 
 def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any = None) -> DrQV2:
