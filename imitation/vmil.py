@@ -63,7 +63,8 @@ class VMILAgent:
         self.request = BatchRequest(kind="sequence", batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                     expert_batch_size=cfg.expert_batch_size)
         self.updates = 0
-        self.timings: dict[str, float] | None = None  # set to {} to time the parts of each update
+        self.timings: dict[str, float] | None = None  # set to {} to time the parts of each update (ms)
+        self.part_flops: dict[str, float] | None = None  # set to {} to count their FLOPs
         # Compiled paths wrap the forward passes; optimiser steps and the discriminator's
         # double-backward gradient penalty stay eager.
         self._model_fn = torch.compile(self._model_losses) if cfg.compile else self._model_losses
@@ -78,7 +79,7 @@ class VMILAgent:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
 
     def _part(self, name: str):
-        return timed(self.timings, name, self.device)
+        return timed(self.timings, name, self.device, self.part_flops)
 
     def disc_features(self, state: State) -> torch.Tensor:
         """The latent features [..., F] of ``state`` the discriminator reads (``disc.features``,

@@ -537,6 +537,12 @@ def test_bench_reports_its_keys():
     for key in ("ms_per_update", "gflop_per_update", "achieved_gflops", "peak_gflops", "peak_fraction"):
         assert out[key] > 0, key
     assert set(out["parts"]) == {"world_model", "imagination", "actor", "critic", "discriminator"}
+    # The parts' FLOPs add up to the update's (nothing outside them computes), each at its own rate.
+    assert set(out["parts_gflop"]) == set(out["parts"]) and min(out["parts_gflop"].values()) > 0
+    assert sum(out["parts_gflop"].values()) == pytest.approx(out["gflop_per_update"], rel=1e-3)
+    world = out["parts"]["world_model"]
+    assert out["parts_gflops"]["world_model"] == pytest.approx(out["parts_gflop"]["world_model"] / world * 1000,
+                                                               rel=0.01)
     assert out["image_size"] == 64
     # batch counts the world model's sequences: half expert by default, or as many as asked.
     assert (out["batch"], out["agent_batch"], out["expert_batch"]) == (2, 1, 1)

@@ -61,19 +61,27 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float, eps: float = 1e-8) -> 
 
 
 @contextlib.contextmanager
-def timed(timings: dict[str, float] | None, name: str, device: torch.device) -> Iterator[None]:
-    """Adds the block's wall time (ms) to ``timings[name]``; ``timings`` None: timing is off.
-    CUDA work is asynchronous, so the device is synchronised at both ends."""
-    if timings is None:
+def timed(timings: dict[str, float] | None, name: str, device: torch.device,
+          flops: dict[str, float] | None = None) -> Iterator[None]:
+    """Adds the block's wall time (ms) to ``timings[name]`` and, with ``flops``, its FLOPs (torch's
+    flop counter) to ``flops[name]``; None turns either off. CUDA work is asynchronous, so the device
+    is synchronised at both ends."""
+    with contextlib.ExitStack() as stack:
+        counter = None
+        if flops is not None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = stack.enter_context(FlopCounterMode(display=False))
+        if timings is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
         yield
-        return
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+        if timings is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
+    if counter is not None:
+        flops[name] = flops.get(name, 0.0) + counter.get_total_flops()
 
 
 def metrics_to_host(metrics: dict[str, torch.Tensor | float], device: torch.device) -> dict[str, float]:

@@ -75,7 +75,8 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
                overrides: tuple[str, ...] = (), peak_seconds: float = 1.0, image_size: int | None = None
                ) -> dict[str, Any]:
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes; the median
-    update gives ``ms_per_update`` and the FLOP rate, ``parts`` are means over the updates.
+    update gives ``ms_per_update`` and the FLOP rate, ``parts`` (ms) are means over the updates, with
+    each part's FLOPs in ``parts_gflop`` and its rate in ``parts_gflops``.
 
     ``batch``/``seq`` (None: 16 and 50) set the world model's batch, of which ``expert_batch`` (None:
     half) are expert sequences and the rest agent ones. ``amp='bf16'`` autocasts the forward passes;
@@ -109,14 +110,17 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
 
     for i in range(warmup):
         agent.update(agent_seqs, expert, i)
-    gflop = float("nan")
+    gflop, part_gflop = float("nan"), {}
     if count_flops:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
+        agent.part_flops = {}
         with counter:
             agent.update(agent_seqs, expert, warmup)
         gflop = counter.get_total_flops() / 1e9
+        part_gflop = {k: v / 1e9 for k, v in agent.part_flops.items()}
+        agent.part_flops = None
 
     agent.timings = {}
     _sync(dev)
@@ -145,6 +149,10 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         "peak_gflops": round(peak, 1),
         "peak_fraction": round(achieved / peak, 3),
         "parts": parts,
+        # Where the fraction of peak is lost: each part's FLOPs and its FLOP rate at its mean time.
+        "parts_gflop": {k: float(f"{v:.4g}") for k, v in part_gflop.items()},
+        "parts_gflops": {k: float(f"{v / (parts[k] / 1000):.4g}") for k, v in part_gflop.items()
+                         if parts.get(k, 0) > 0},
         "preset": preset, "image_size": size, "batch": batch, "agent_batch": agent_batch,
         "expert_batch": expert_batch, "seq": seq, "imagine_from": cfg.imagine_from,
         "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
