@@ -66,9 +66,9 @@ def parts_state(parts: dict[str, Any], **counters: int) -> dict[str, Any]:
 
 def load_parts(state: dict[str, Any], parts: dict[str, Any], counters: tuple[str, ...], owner: str,
                hint: str = "") -> dict[str, int]:
-    """Load what :func:`parts_state` wrote into ``parts``; returns the counters. A state with other
-    names (another algorithm, another config) or a part of other sizes fails naming what differs,
-    before anything is half-loaded where the names are concerned."""
+    """Load what :func:`parts_state` wrote into ``parts``; returns the counters. The names are checked
+    before anything loads, so a state from another algorithm or config fails naming the missing and
+    unexpected keys; a part of other sizes fails naming that part."""
     expected = set(parts) | set(counters)
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
