@@ -246,6 +246,7 @@ class VMILAgent:
             for group in self.opt_actor.param_groups:
                 group["lr"] = actor_lr
             out = optimize(actor_loss, self.opt_actor, self.ac.actor.parameters(), cfg.grad_clip)
+            self.ac.update_actor_average()
             m.update({"actor/loss": actor_loss.detach(), "actor/grad_norm": out["grad_norm"], "actor/lr": actor_lr,
                       "reward/imagined_mean": reward.detach().mean()})
             m.update({f"actor/{k}": v for k, v in am.items()})
@@ -310,10 +311,8 @@ class VMILAgent:
 
     def _expl_amount(self) -> float:
         c = self.cfg
-        amount = c.expl_noise
-        if c.expl_decay:
-            amount *= 0.5 ** (self._last_step / c.expl_decay)
-        return max(amount, c.expl_min)
+        halvings = self._last_step / c.expl_decay if c.expl_decay else 0.0
+        return max(c.expl_noise * 0.5 ** halvings, c.expl_min)
 
     @torch.no_grad()
     def act(self, obs: Obs, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
@@ -340,7 +339,7 @@ class VMILAgent:
             if amount > 0:
                 action = (action + amount * torch.randn_like(action)).clamp(-1, 1)
         else:
-            action = self.ac.actor.mode(feat)
+            action = self.ac.eval_actor().mode(feat)
         env_action = (action * self._a_scale + self._a_shift)[0].cpu().numpy().astype(np.float32)
         return env_action, (post, action)
 

@@ -464,6 +464,35 @@ def test_state_dict_roundtrip_and_rejections():
         bigger.load_state_dict(state)
 
 
+def test_deterministic_policy_acts_with_the_actor_average():
+    """With behavior.actor_average the evaluation policy is the weight average, exploration the actor."""
+    cfg = tiny_config(behavior=BehaviorConfig(horizon=3, units=16, actor_layers=1, critic_layers=1,
+                                              actor_average=0.99))
+    agent = vmil.build(cfg, SPEC, torch.device("cpu"), demo_info(False))
+    frame = np.full((3, 64, 64), 77, np.uint8)
+    act = lambda: agent.act(Obs(frame, None, True), None, False)[0]  # noqa: E731
+    first = act()
+    with torch.no_grad():
+        for p in agent.ac.actor.parameters():
+            p.add_(torch.randn_like(p))
+    assert np.allclose(act(), first)  # the actor moved, the average did not
+    agent.ac.update_actor_average()
+    assert not np.allclose(act(), first)
+    assert "actor_critic" in agent.state_dict() and any(
+        k.startswith("actor_avg.") for k in agent.state_dict()["actor_critic"])
+
+
+def test_exploration_noise_halves_every_expl_decay_steps_down_to_expl_min():
+    agent = vmil.build(tiny_config(expl_noise=0.4, expl_decay=1000, expl_min=0.15), SPEC, torch.device("cpu"),
+                       demo_info(False))
+    for step, amount in ((0, 0.4), (1000, 0.2), (500, 0.4 * 0.5 ** 0.5), (3000, 0.15)):
+        agent._last_step = step
+        assert agent._expl_amount() == pytest.approx(amount)
+    constant = vmil.build(tiny_config(expl_noise=0.3), SPEC, torch.device("cpu"), demo_info(False))
+    constant._last_step = 10 ** 6
+    assert constant._expl_amount() == pytest.approx(0.3)
+
+
 def test_build_rejects_bad_input():
     cfg = tiny_config()
     with pytest.raises(ValueError, match="continuous actions"):

@@ -420,6 +420,23 @@ def test_slow_target_refresh():
         assert torch.allclose(t, 0.5 * b + 0.5 * s)
 
 
+def test_actor_average_moves_by_one_minus_decay():
+    ac = ActorCritic(4, 1, BehaviorConfig(units=4, actor_layers=1, critic_layers=1, actor_average=0.9))
+    assert ac.eval_actor() is ac.actor_avg and not any(p.requires_grad for p in ac.actor_avg.parameters())
+    before = [p.clone() for p in ac.actor_avg.parameters()]
+    with torch.no_grad():
+        for p in ac.actor.parameters():
+            p.add_(1.0)
+    ac.update_actor_average()
+    for b, avg, cur in zip(before, ac.actor_avg.parameters(), ac.actor.parameters()):
+        assert torch.allclose(avg, 0.9 * b + 0.1 * cur)
+    plain = ActorCritic(4, 1, BehaviorConfig(units=4, actor_layers=1, critic_layers=1))
+    plain.update_actor_average()  # off: nothing to move
+    assert plain.actor_avg is None and plain.eval_actor() is plain.actor
+    with pytest.raises(ConfigError, match="actor_average"):
+        BehaviorConfig(actor_average=1.0)
+
+
 def test_open_loop_and_strip():
     wm = WorldModel((3, 64, 64), 2, deter=8, stoch=4, hidden=8, depth=4)
     obs = torch.randint(0, 256, (2, 6, 3, 64, 64), dtype=torch.uint8)

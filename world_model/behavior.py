@@ -73,6 +73,11 @@ class BehaviorConfig:
              "state (small: the best candidate).")
     pre_tanh_reg: float = doc(0.0, "Weight of mean(pre-tanh actor mean^2) in the actor loss (0 in Dreamer / "
                               "VMIL). Keeps the policy out of tanh saturation, where its gradient vanishes.")
+    actor_average: float = doc(
+        0.0, "Decay of an exponential moving average of the actor's weights, moved after every actor step; the "
+             "deterministic (evaluation) policy acts with it, exploration with the actor itself. Averaging the "
+             "generator's weights steadies adversarial training (Yazici et al. 2019), and here the policy is the "
+             "generator. E.g. 0.995 (~200 updates); 0 disables it (Dreamer V1 / VMIL).")
     slow_target: bool = doc(False, "Bootstrap lambda-returns with a slowly updated copy of the critic.")
     slow_target_update: int = doc(100, "Updates between slow-target refreshes.")
     slow_target_fraction: float = doc(1.0, "Fraction moved toward the critic at each refresh (1: copy).")
@@ -103,6 +108,8 @@ class BehaviorConfig:
         for name in ("actor_lr", "critic_lr", "init_std", "min_std", "mean_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.actor_average < 1.0:
+            raise ConfigError(f"agent.behavior.actor_average must be in [0, 1) (0 disables it), got {self.actor_average}")
         if not 0.0 < self.slow_target_fraction <= 1.0:
             raise ConfigError(f"agent.behavior.slow_target_fraction must be in (0, 1], got {self.slow_target_fraction}")
 
@@ -282,6 +289,19 @@ class ActorCritic(nn.Module):
         self.target = copy.deepcopy(self.critic) if cfg.slow_target else None
         if self.target is not None:
             self.target.requires_grad_(False)
+        self.actor_avg = copy.deepcopy(self.actor).requires_grad_(False) if cfg.actor_average > 0 else None
+
+    def eval_actor(self) -> Actor:
+        """The policy that acts deterministically: the weight average when there is one."""
+        return self.actor_avg if self.actor_avg is not None else self.actor
+
+    @torch.no_grad()
+    def update_actor_average(self) -> None:
+        """avg <- decay * avg + (1 - decay) * actor, for every parameter (after each actor step)."""
+        if self.actor_avg is None:
+            return
+        for avg, current in zip(self.actor_avg.parameters(), self.actor.parameters()):
+            avg.lerp_(current, 1.0 - self.cfg.actor_average)
 
     def bootstrap_critic(self) -> nn.Module:
         return self.target if self.target is not None else self.critic
