@@ -109,7 +109,8 @@ class BehaviorConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.actor_average < 1.0:
-            raise ConfigError(f"agent.behavior.actor_average must be in [0, 1) (0 disables it), got {self.actor_average}")
+            raise ConfigError(f"agent.behavior.actor_average must be in [0, 1) (0 disables it), "
+                              f"got {self.actor_average}")
         if not 0.0 < self.slow_target_fraction <= 1.0:
             raise ConfigError(f"agent.behavior.slow_target_fraction must be in (0, 1], got {self.slow_target_fraction}")
 
