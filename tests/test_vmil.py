@@ -127,6 +127,12 @@ def test_shared_update_helpers():
     with timed(None, "part", torch.device("cpu")):
         pass
     assert set(timings) == {"part"} and timings["part"] > 0
+    flops: dict[str, float] = {}
+    a = torch.ones(4, 8)
+    for _ in range(2):  # a part entered twice adds up: 2 x (2 * 4 * 8 * 3)
+        with timed(None, "matmul", torch.device("cpu"), flops):
+            a @ torch.ones(8, 3)
+    assert flops == {"matmul": 2 * 2 * 4 * 8 * 3}
     out = metrics_to_host({"a": torch.tensor(1.5), "b": 2, "c": torch.tensor([3.0], dtype=torch.bfloat16)},
                           torch.device("cpu"))
     assert out == {"a": 1.5, "b": 2.0, "c": 3.0} and all(type(v) is float for v in out.values())

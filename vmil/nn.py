@@ -66,6 +66,9 @@ def timed(timings: dict[str, float] | None, name: str, device: torch.device,
     """Adds the block's wall time (ms) to ``timings[name]`` and, with ``flops``, its FLOPs (torch's
     flop counter) to ``flops[name]``; None turns either off. CUDA work is asynchronous, so the device
     is synchronised at both ends."""
+    if timings is None and flops is None:  # the training path: nothing to measure
+        yield
+        return
     with contextlib.ExitStack() as stack:
         counter = None
         if flops is not None:
@@ -82,6 +85,13 @@ def timed(timings: dict[str, float] | None, name: str, device: torch.device,
             timings[name] = timings.get(name, 0.0) + (time.perf_counter() - t0) * 1000
     if counter is not None:
         flops[name] = flops.get(name, 0.0) + counter.get_total_flops()
+
+
+@torch.no_grad()
+def soft_update(target: torch.nn.Module, source: torch.nn.Module, tau: float) -> None:
+    """target <- (1 - tau) * target + tau * source, every parameter in one foreach call (Polyak
+    averaging: slow critic targets, the actor's weight average)."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 def metrics_to_host(metrics: dict[str, torch.Tensor | float], device: torch.device) -> dict[str, float]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmil.config import ConfigError, doc
-from vmil.nn import normal_log_prob, tanh_log_det
+from vmil.nn import normal_log_prob, soft_update, tanh_log_det
 from world_model.networks import mlp
 from world_model.returns import discount_weights, lambda_return
 from world_model.rssm import RSSM, State
@@ -299,10 +299,8 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def update_actor_average(self) -> None:
         """avg <- decay * avg + (1 - decay) * actor, for every parameter (after each actor step)."""
-        if self.actor_avg is None:
-            return
-        for avg, current in zip(self.actor_avg.parameters(), self.actor.parameters()):
-            avg.lerp_(current, 1.0 - self.cfg.actor_average)
+        if self.actor_avg is not None:
+            soft_update(self.actor_avg, self.actor, 1.0 - self.cfg.actor_average)
 
     def bootstrap_critic(self) -> nn.Module:
         return self.target if self.target is not None else self.critic
@@ -371,6 +369,4 @@ class ActorCritic(nn.Module):
         """Refresh the slow target every ``slow_target_update`` updates."""
         if self.target is None or updates % self.cfg.slow_target_update != 0:
             return
-        mix = self.cfg.slow_target_fraction
-        for t, s in zip(self.target.parameters(), self.critic.parameters()):
-            t.lerp_(s, mix)
+        soft_update(self.target, self.critic, self.cfg.slow_target_fraction)

@@ -32,7 +32,7 @@ from torch import nn
 
 from vmil.base import TimeStep
 from vmil.config import doc, from_dict, to_dict
-from vmil.nn import normal_log_prob, optimize, resolve_device, seed_everything, tanh_log_det
+from vmil.nn import normal_log_prob, optimize, resolve_device, seed_everything, soft_update, tanh_log_det
 
 ALGO = "sac-expert"
 CHECKPOINT = "expert.pt"
@@ -107,13 +107,6 @@ class TwinQ(nn.Module):
             return self.q1(obs), self.q2(obs)
         x = torch.cat([obs, action], dim=-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
-
-
-@torch.no_grad()
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) * target + tau * source, parameter by parameter."""
-    for t, s in zip(target.parameters(), source.parameters()):
-        t.lerp_(s, tau)
 
 
 class SAC:

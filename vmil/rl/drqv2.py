@@ -21,7 +21,7 @@ from torch import nn
 
 from vmil.base import BatchRequest, EnvSpec, Obs, TransitionBatch
 from vmil.config import doc
-from vmil.nn import adam, linear_schedule, optimize, timed, weighted_sum
+from vmil.nn import adam, linear_schedule, optimize, soft_update, timed, weighted_sum
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,7 @@ class DrQV2:
 
     @torch.no_grad()
     def soft_update(self) -> None:
-        tau = self.cfg.critic_tau
-        torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), tau)
+        soft_update(self.critic_target, self.critic, self.cfg.critic_tau)
 
     def update(self, batch: TransitionBatch, expert: TransitionBatch | None, step: int) -> dict[str, float]:
         """One DrQ-v2 update from the true n-step reward (``--algo drqv2``)."""
