@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import platform
 import types
 
 import numpy as np
@@ -17,7 +18,7 @@ from imitation.latent_discriminator import (DiscriminatorConfig, LatentDiscrimin
                                             param_gradient_penalty, reward_from_logit, sequence_transitions)
 from vmil.base import EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, resolve
-from vmil.nn import adam, linear_schedule, metrics_to_host, timed, weighted_sum
+from vmil.nn import linear_schedule, weighted_sum
 from world_model import analysis
 from world_model.behavior import BehaviorConfig
 from world_model.model import ModelConfig
@@ -108,34 +109,6 @@ def test_weighted_sum_matches_hand_total_and_refuses_mismatched_names():
     assert weighted_sum(losses, {"image": 1.0, "kl": 0.5}).item() == 3.5
     with pytest.raises(KeyError, match="differ"):
         weighted_sum(losses, {"image": 1.0})
-
-
-def test_shared_update_helpers():
-    """adam: fused on CPU with the given eps; timed: adds each block's ms under its name, nothing when
-    off; metrics_to_host: floats for tensors and numbers alike."""
-    w = nn.Parameter(torch.ones(3))
-    opt = adam([w], 0.1, eps=1e-5)
-    group = opt.param_groups[0]
-    assert group["fused"] and group["eps"] == 1e-5 and group["lr"] == 0.1
-    (w ** 2).sum().backward()
-    opt.step()
-    assert torch.allclose(w, torch.full((3,), 0.9))  # Adam's first step moves by lr against the gradient's sign
-    timings: dict[str, float] = {}
-    for _ in range(2):
-        with timed(timings, "part", torch.device("cpu")):
-            sum(range(1000))
-    with timed(None, "part", torch.device("cpu")):
-        pass
-    assert set(timings) == {"part"} and timings["part"] > 0
-    flops: dict[str, float] = {}
-    a = torch.ones(4, 8)
-    for _ in range(2):  # a part entered twice adds up: 2 x (2 * 4 * 8 * 3)
-        with timed(None, "matmul", torch.device("cpu"), flops):
-            a @ torch.ones(8, 3)
-    assert flops == {"matmul": 2 * 2 * 4 * 8 * 3}
-    out = metrics_to_host({"a": torch.tensor(1.5), "b": 2, "c": torch.tensor([3.0], dtype=torch.bfloat16)},
-                          torch.device("cpu"))
-    assert out == {"a": 1.5, "b": 2.0, "c": 3.0} and all(type(v) is float for v in out.values())
 
 
 def test_transition_inputs_follow_the_action_convention():
@@ -597,6 +570,14 @@ def test_bench_reports_its_keys():
         bench_vmil("smoke", batch=4, expert_batch=4, seq=4, updates=1, warmup=0, peak_seconds=0.05)
     small = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, image_size=32)
     assert small["image_size"] == 32 and small["gflop_per_update"] < out["gflop_per_update"]
+    # The heap setting training uses is the benchmark's default; 'compare' times both in one process.
+    assert out["host_heap_retained"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    if out["host_heap_retained"]:
+        both = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, heap="compare")
+        assert both["heap_speedup"] == pytest.approx(both["ms_per_update_default_heap"] / both["ms_per_update"],
+                                                     rel=0.01)
+    with pytest.raises(ValueError, match="heap must be one of"):
+        bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, heap="keep")
 
 
 # ------------------------------------------------------------------------------ learning

@@ -245,7 +245,7 @@ BENCH_FLAGS = {
     "replay": {"device": "device", "image_size": "image_size"},
     "vmil": {"preset": "preset", "batch": "batch", "expert_batch": "expert_batch", "seq": "seq", "device": "device",
              "threads": "threads", "updates": "updates", "amp": "amp", "compile": "compile",
-             "image_size": "image_size"},
+             "image_size": "image_size", "heap": "heap"},
     "patchail": {"algo": "algo", "batch": "batch", "device": "device", "threads": "threads",
                  "image_size": "image_size", "updates": "updates"},
 }
@@ -430,6 +430,9 @@ def build_parser() -> Parser:
     b.add_argument("--threads", type=int, default=None, help="vmil, patchail: torch CPU threads")
     b.add_argument("--amp", default=None, choices=("none", "bf16"), help="vmil: bf16 autocast (GPU)")
     b.add_argument("--compile", action="store_true", default=None, help="vmil: torch.compile the update (GPU)")
+    b.add_argument("--heap", default=None, choices=("retain", "default", "compare"),
+                   help="vmil: reuse freed host memory as training does (retain, the default), leave the C "
+                        "library's default, or time both in one process (compare)")
     b.set_defaults(fn=cmd_bench)
 
     z = sub.add_parser("viz", help="visualisations")

@@ -100,6 +100,8 @@ class RunConfig:
     seed: int = doc(0, "Seed for torch, numpy and the environment.")
     device: str = doc("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
     threads: int = doc(0, "torch CPU threads; 0 keeps torch's default.")
+    retain_host_memory: bool = doc(True, "Reuse freed CPU memory from the process heap instead of unmapping "
+                                   "it (Linux glibc; saves the page faults of every large activation).")
     env: EnvConfig = doc(EnvConfig(), "Environment.")
     replay: ReplayConfig = doc(ReplayConfig(), "Replay storage.")
     train: TrainConfig = doc(TrainConfig(), "Training schedule.")

@@ -457,7 +457,7 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
     tracker. ``tracking_uri`` None or "none" keeps metrics in memory."""
     from vmil.data.episode import demo_info, load_episodes
     from vmil.data.replay import Replay
-    from vmil.nn import seed_everything
+    from vmil.nn import retain_freed_host_memory, seed_everything
     from vmil.registry import algo_module
 
     module = algo_module(cfg.algo)
@@ -467,6 +467,9 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
                        "or choose another --run-dir")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if cfg.retain_host_memory and not retain_freed_host_memory():
+        print("vmil: note: retain_host_memory needs Linux with glibc; freed memory goes back to the OS here",
+              file=sys.stderr)
     seed_everything(cfg.seed)
     device = _device(cfg.device)
     replay_device = device if cfg.replay.device == "auto" else _device(cfg.replay.device)

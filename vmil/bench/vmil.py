@@ -23,6 +23,9 @@ import torch
 from vmil.base import EnvSpec, SequenceBatch
 
 
+HEAP_MODES = ("retain", "default", "compare")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -72,18 +75,20 @@ def synthetic_batch(batch: int, seq: int, spec: EnvSpec, device: torch.device, a
 def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 50, *, expert_batch: int | None = None,
                updates: int = 5, warmup: int = 1, device: str = "cpu", threads: int = 0, amp: str = "none",
                compile: bool = False, action_dim: int = 6, count_flops: bool = True,
-               overrides: tuple[str, ...] = (), peak_seconds: float = 1.0, image_size: int | None = None
-               ) -> dict[str, Any]:
+               overrides: tuple[str, ...] = (), peak_seconds: float = 1.0, image_size: int | None = None,
+               heap: str = "retain") -> dict[str, Any]:
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes; the median
     update gives ``ms_per_update`` and the FLOP rate, ``parts`` (ms) are means over the updates, with
     each part's FLOPs in ``parts_gflop`` and its rate in ``parts_gflops``.
 
     ``batch``/``seq`` (None: 16 and 50) set the world model's batch, of which ``expert_batch`` (None:
     half) are expert sequences and the rest agent ones. ``amp='bf16'`` autocasts the forward passes;
-    ``compile`` wraps them in torch.compile."""
+    ``compile`` wraps them in torch.compile. ``heap``: 'retain' reuses freed host memory as training
+    does (``retain_host_memory``), 'default' leaves the C library's default, 'compare' times the
+    updates under the default first, then retained, in this one process (``heap_speedup``)."""
     from imitation import vmil
     from vmil.config import resolve
-    from vmil.nn import resolve_device
+    from vmil.nn import resolve_device, retain_freed_host_memory
 
     batch = 16 if batch is None else batch
     seq = 50 if seq is None else seq
@@ -92,8 +97,11 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     if expert_batch < 1 or agent_batch < 1:
         raise ValueError(f"the batch of {batch} sequences must hold at least one agent and one expert sequence "
                          f"(expert_batch={expert_batch}); use batch >= 2 and 1 <= expert_batch < batch")
+    if heap not in HEAP_MODES:
+        raise ValueError(f"heap must be one of {HEAP_MODES}, got {heap!r}")
     if threads > 0:
         torch.set_num_threads(threads)
+    heap_retained = heap == "retain" and retain_freed_host_memory()
     dev = resolve_device(device)
     run_cfg = resolve("vmil", vmil.Config, None, preset, list(overrides))
     # model_warmup 0: a preset's warm-up (world model only) would leave the timed updates partial.
@@ -122,18 +130,37 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         part_gflop = {k: v / 1e9 for k, v in agent.part_flops.items()}
         agent.part_flops = None
 
-    agent.timings = {}
-    _sync(dev)
-    each_ms = []
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    for i in range(updates):
-        t0 = time.perf_counter()
-        agent.update(agent_seqs, expert, warmup + 1 + i)
+    step = warmup + 1
+
+    def timed_updates() -> tuple[list[float], dict[str, float], float, float]:
+        nonlocal step
+        agent.timings = {}
         _sync(dev)
-        each_ms.append((time.perf_counter() - t0) * 1000)
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    parts = {k: round(v / updates, 1) for k, v in agent.timings.items()}
-    agent.timings = None
+        each_ms = []
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for _ in range(updates):
+            t0 = time.perf_counter()
+            agent.update(agent_seqs, expert, step)
+            step += 1
+            _sync(dev)
+            each_ms.append((time.perf_counter() - t0) * 1000)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        parts = {k: round(v / updates, 1) for k, v in agent.timings.items()}
+        agent.timings = None
+        return each_ms, parts, wall, cpu
+
+    each_ms, parts, wall, cpu = timed_updates()
+    comparison: dict[str, Any] = {}
+    if heap == "compare":
+        heap_retained = retain_freed_host_memory()
+        if not heap_retained:
+            raise RuntimeError("heap='compare' needs Linux with glibc (mallopt); nothing to compare here")
+        agent.update(agent_seqs, expert, step)  # the first update under the new setting grows the heap
+        step += 1
+        default_ms = statistics.median(each_ms)
+        each_ms, parts, wall, cpu = timed_updates()
+        comparison = {"ms_per_update_default_heap": round(default_ms, 1),
+                      "heap_speedup": round(default_ms / statistics.median(each_ms), 3)}
 
     n = 2048 if peak_seconds >= 0.5 else 512  # quick checks (tests) use a small matrix
     peak = matmul_peak_gflops(dev, torch.float32, n=n, seconds=peak_seconds)
@@ -158,6 +185,7 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
         "threads": torch.get_num_threads(), "updates": updates,
         "cpu_wall_ratio": round(cpu / wall, 2) if dev.type == "cpu" else None,
+        "host_heap_retained": heap_retained, **comparison,
         "torch": torch.__version__,
     }
     if amp == "bf16":
