@@ -7,7 +7,7 @@ import torch
 
 from imitation.latent_discriminator import LatentDiscriminator
 from world_model.behavior import ActorCritic, BehaviorConfig
-from world_model.networks import ConvDecoder, ImageConvTranspose2d, mlp
+from world_model.networks import ConvDecoder, ConvEncoder, ImageConvTranspose2d, PatchConv2d, mlp
 
 
 
@@ -62,3 +62,32 @@ def test_decoder_uses_the_phase_conv_for_its_last_layer_only():
     transposed = [m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert [type(m) is ImageConvTranspose2d for m in transposed] == [False, False, True]
     assert decoder(torch.randn(2, 16)).shape == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("size", [6, 8])
+def test_patch_conv_matches_the_conv(size):
+    """The matmul over stacked patches computes the conv (output, input, weight and bias gradients)."""
+    torch.manual_seed(0)
+    fast = PatchConv2d(5, 7, 4)
+    reference = torch.nn.Conv2d(5, 7, 4, stride=2)
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 5, size, size).contiguous(memory_format=torch.channels_last)
+    out_size = (size - 4) // 2 + 1
+    grad = torch.randn(3, 7, out_size, out_size)
+    results = []
+    for module in (fast, reference):
+        xx = x.detach().requires_grad_(True)
+        y = module(xx)
+        y.backward(grad)
+        results.append((y, xx.grad, module.weight.grad, module.bias.grad))
+    assert results[0][0].shape == (3, 7, out_size, out_size)
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_encoder_uses_the_patch_conv_for_its_last_layer_only():
+    for size, layers in ((64, 4), (32, 3)):
+        encoder = ConvEncoder(3, image_size=size, depth=4)
+        convs = [m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert [type(m) is PatchConv2d for m in convs] == [False] * (layers - 1) + [True]
+        assert encoder(torch.randn(2, 3, size, size)).shape == (2, encoder.out_dim)

@@ -56,6 +56,28 @@ def postprocess_image(image: torch.Tensor) -> torch.Tensor:
     return ((image.detach().float() + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+class PatchConv2d(nn.Conv2d):
+    """A stride-2 conv with few output positions (the encoder's last layer: 6x6 -> 2x2) run on CPU as
+    one matmul over its input patches, stacked by slicing: oneDNN reaches ~75-100 GFLOP/s on this
+    layer, the matmul and its two backward matmuls 2-3x that (15-23 + 39-58 against 34 + 66-88 ms
+    at 800x128x6x6 -> 256x2x2). Same FLOPs, same parameters as nn.Conv2d."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        n, k = x.shape[0], self.kernel_size[0]
+        rows, cols = (x.shape[2] - k) // 2 + 1, (x.shape[3] - k) // 2 + 1
+        pixels = x.permute(0, 2, 3, 1)  # [n, h, w, c]: a view of a channels_last tensor
+        patches = torch.stack([pixels[:, 2 * i:2 * i + k, 2 * j:2 * j + k] for i in range(rows)
+                               for j in range(cols)], 1)  # [n, rows*cols, k, k, c]
+        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)  # matches (k, k, c)
+        out = torch.addmm(self.bias, patches.reshape(n * rows * cols, -1), weight.t())
+        return out.reshape(n, rows, cols, self.out_channels).permute(0, 3, 1, 2)
+
+
 class ConvEncoder(nn.Module):
     """Images -> flat embedding: 4x4 stride-2 convs with widths depth*(1, 2, 4, 8) down to 2x2.
     64x64 takes all four (at depth 32: 256 channels at 2x2, a 1024-d embedding); 32x32 the first
@@ -70,8 +92,9 @@ class ConvEncoder(nn.Module):
         widths = (depth, 2 * depth, 4 * depth, 8 * depth)[:ENCODER_LAYERS[image_size]]
         mods: list[nn.Module] = []
         prev = channels
-        for w in widths:
-            mods += [nn.Conv2d(prev, w, 4, stride=2), act(inplace=True)]
+        for i, w in enumerate(widths):
+            last = i == len(widths) - 1  # 6x6 -> 2x2
+            mods += [PatchConv2d(prev, w, 4) if last else nn.Conv2d(prev, w, 4, stride=2), act(inplace=True)]
             prev = w
         self.net = nn.Sequential(*mods)
         self.out_dim = widths[-1] * 2 * 2
@@ -101,8 +124,8 @@ class _PhaseTransposedConv(torch.autograd.Function):
         taps = torch.tensor([[2 * (m - 1 - u) + p for u in range(m)] for p in range(2)], device=weight.device)
         phases = weight[:, :, taps][:, :, :, :, taps]  # [cin, cout, p, u, q, v]
         phases = phases.permute(1, 2, 4, 0, 3, 5).reshape(cout * 4, cin, m, m)
-        z = F.conv2d(F.pad(x, (m - 1,) * 4), phases.contiguous(memory_format=torch.channels_last),
-                     bias.repeat_interleave(4))
+        z = F.conv2d(x, phases.contiguous(memory_format=torch.channels_last), bias.repeat_interleave(4),
+                     padding=m - 1)
         return F.pixel_shuffle(z, 2)
 
     @staticmethod
@@ -116,7 +139,7 @@ class _PhaseTransposedConv(torch.autograd.Function):
 class ImageConvTranspose2d(nn.ConvTranspose2d):
     """The decoder's last layer (a few output channels, stride 2, even kernel). On CPU its forward
     runs as :class:`_PhaseTransposedConv`: oneDNN's transposed conv with 3 output channels reaches
-    ~35 GFLOP/s, the phase conv (12 output channels) twice that (54-88 against 108-173 ms at
+    ~35 GFLOP/s, the phase conv (12 output channels) 2.5x that (51-57 against 135-141 ms at
     800x32x30x30 -> 3x64x64). The phase conv also multiplies the padding's zeros at the border,
     so it executes (and torch's FLOP counter counts) 14% more FLOPs than the transposed conv."""
 
