@@ -58,8 +58,8 @@ def test_retained_heap_reuses_freed_blocks_without_page_faults():
         block.fill_(1)
         counts.append(_page_faults() - before)
         del block
-    # The first allocation grows the heap. glibc's aligned allocation does not fit a freed block of
-    # exactly its size, so the heap can grow for a few more cycles until freed blocks coalesce (at
-    # most 8 seen); from then on every cycle reuses memory that is already mapped.
-    assert counts[0] >= pages // 2
+    # The first allocations may grow the heap (unless earlier tests left a large free block): glibc's
+    # aligned allocation does not fit a freed block of exactly its size, so the heap can grow for a
+    # few cycles until freed blocks coalesce (at most 8 seen); from then on every cycle reuses memory
+    # that is already mapped. By default each of the 30 cycles faults in all its pages.
     assert sum(counts[-10:]) < pages // 4, counts
