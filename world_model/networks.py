@@ -110,26 +110,21 @@ class ConvEncoder(nn.Module):
         return self.net(x).reshape(*lead, self.out_dim)
 
 
-class _TransposedConv(torch.autograd.Function):
-    """A stride-2 transposed conv (no padding) with the forward optionally as a phase conv, and the
-    backward's bias gradient as a plain sum: oneDNN's backward computing the bias gradient with the
-    weight's costs 30-50 ms more than without it on the 64->32 layer (800 frames), the sum 3-14.
-
-    The phase conv: output pixel (2i+p, 2j+q) sums input (i-u, j-v) times weight tap (2u+p, 2v+q),
-    u, v < m for an even kernel 2m, so one stride-1 m x m conv can write the four output phases
-    as channels and a pixel shuffle interleaves them."""
+class _PhaseTransposedConv(torch.autograd.Function):
+    """Forward of a stride-2 transposed conv with an even kernel 2m as one stride-1 m x m conv that
+    writes the four output phases as channels, then a pixel shuffle; backward is the transposed
+    conv's own (the same gradients to the last bit)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, phases: bool) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        if not phases:
-            return F.conv_transpose2d(x, weight, bias, stride=2)
         cin, cout, k, _ = weight.shape
         m = k // 2
+        # Output pixel (2i+p, 2j+q) sums input (i-u, j-v) times weight tap (2u+p, 2v+q), u, v < m.
         taps = torch.tensor([[2 * (m - 1 - u) + p for u in range(m)] for p in range(2)], device=weight.device)
-        kernel = weight[:, :, taps][:, :, :, :, taps]  # [cin, cout, p, u, q, v]
-        kernel = kernel.permute(1, 2, 4, 0, 3, 5).reshape(cout * 4, cin, m, m)
-        z = F.conv2d(x, kernel.contiguous(memory_format=torch.channels_last), bias.repeat_interleave(4),
+        phases = weight[:, :, taps][:, :, :, :, taps]  # [cin, cout, p, u, q, v]
+        phases = phases.permute(1, 2, 4, 0, 3, 5).reshape(cout * 4, cin, m, m)
+        z = F.conv2d(x, phases.contiguous(memory_format=torch.channels_last), bias.repeat_interleave(4),
                      padding=m - 1)
         return F.pixel_shuffle(z, 2)
 
@@ -137,30 +132,26 @@ class _TransposedConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b, _ = ctx.needs_input_grad
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [2, 2], [0, 0], [1, 1], True, [0, 0], 1, [need_x, need_w, False])
-        return grad_x, grad_w, grad.sum((0, 2, 3)) if need_b else None, None
+        return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1],
+                                                   True, [0, 0], 1, list(ctx.needs_input_grad))
 
 
-class DecoderConvTranspose2d(nn.ConvTranspose2d):
-    """The decoder's stride-2 transposed convs, run on CPU through :class:`_TransposedConv` (same
-    parameters and maths as nn.ConvTranspose2d). ``phases`` (even kernels; the last, image layer):
-    oneDNN's transposed conv with 3 output channels reaches ~35 GFLOP/s, the phase conv (12 output
-    channels) 2.5x that (51-57 against 135-141 ms at 800x32x30x30 -> 3x64x64). The phase conv also
-    multiplies the padding's zeros at the border, so it executes (and torch's FLOP counter counts)
-    14% more FLOPs than the transposed conv: 0.7 of the 310 GFLOP of `vmil bench vmil` at 16x50."""
+class ImageConvTranspose2d(nn.ConvTranspose2d):
+    """The decoder's last layer (a few output channels, stride 2, even kernel). On CPU its forward
+    runs as :class:`_PhaseTransposedConv`: oneDNN's transposed conv with 3 output channels reaches
+    ~35 GFLOP/s, the phase conv (12 output channels) 2.5x that (51-57 against 135-141 ms at
+    800x32x30x30 -> 3x64x64). The phase conv also multiplies the padding's zeros at the border,
+    so it executes (and torch's FLOP counter counts) 14% more FLOPs than the transposed conv."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, phases: bool = False):
-        if phases and kernel_size % 2:
-            raise ValueError(f"the phase conv needs an even kernel, got {kernel_size}")
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        if kernel_size % 2:
+            raise ValueError(f"ImageConvTranspose2d needs an even kernel, got {kernel_size}")
         super().__init__(in_channels, out_channels, kernel_size, stride=2)
-        self.phases = phases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or self.bias is None:
             return super().forward(x)
-        return _TransposedConv.apply(x, self.weight, self.bias, self.phases)
+        return _PhaseTransposedConv.apply(x, self.weight, self.bias)
 
 
 class ConvDecoder(nn.Module):
@@ -185,8 +176,9 @@ class ConvDecoder(nn.Module):
         mods: list[nn.Module] = []
         for i, k in enumerate(kernels):
             last = i == len(kernels) - 1
-            mods.append(DecoderConvTranspose2d(widths[i], widths[i + 1], k, phases=last and k % 2 == 0))
-            if not last:
+            mods.append(ImageConvTranspose2d(widths[i], widths[i + 1], k) if last and k % 2 == 0
+                        else nn.ConvTranspose2d(widths[i], widths[i + 1], k, stride=2))
+            if i < len(kernels) - 1:
                 mods.append(act(inplace=True))
         self.net = nn.Sequential(*mods)
         self.to(memory_format=torch.channels_last)
