@@ -245,7 +245,7 @@ BENCH_FLAGS = {
     "replay": {"device": "device", "image_size": "image_size"},
     "vmil": {"preset": "preset", "batch": "batch", "expert_batch": "expert_batch", "seq": "seq", "device": "device",
              "threads": "threads", "updates": "updates", "amp": "amp", "compile": "compile",
-             "image_size": "image_size", "heap": "heap"},
+             "image_size": "image_size", "heap": "heap", "dense": "dense"},
     "patchail": {"algo": "algo", "batch": "batch", "device": "device", "threads": "threads",
                  "image_size": "image_size", "updates": "updates"},
 }
@@ -433,6 +433,9 @@ def build_parser() -> Parser:
     b.add_argument("--heap", default=None, choices=("retain", "default", "compare"),
                    help="vmil: reuse freed host memory as training does (retain, the default), leave the C "
                         "library's default, or time both in one process (compare)")
+    b.add_argument("--dense", default=None, choices=("onednn", "blas", "compare"),
+                   help="vmil: large dense layers on oneDNN as training does (onednn, the default), on torch's "
+                        "BLAS, or time both in one process (compare)")
     b.set_defaults(fn=cmd_bench)
 
     z = sub.add_parser("viz", help="visualisations")

@@ -457,6 +457,7 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
     tracker. ``tracking_uri`` None or "none" keeps metrics in memory."""
     from vmil.data.episode import demo_info, load_episodes
     from vmil.data.replay import Replay
+    from vmil.dense import set_dense_backend
     from vmil.nn import retain_freed_host_memory, seed_everything
     from vmil.registry import algo_module
 
@@ -470,6 +471,7 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
     if cfg.retain_host_memory and not retain_freed_host_memory():
         print("vmil: note: retain_host_memory needs Linux with glibc; freed memory goes back to the OS here",
               file=sys.stderr)
+    set_dense_backend(cfg.dense_backend)
     seed_everything(cfg.seed)
     device = _device(cfg.device)
     replay_device = device if cfg.replay.device == "auto" else _device(cfg.replay.device)

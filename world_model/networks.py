@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vmil.dense import Dense
+
 # Image sizes the conv stacks below are laid out for: the number of stride-2 layers (the encoder
 # ends at 2x2) and the decoder's kernels (each output side is (in - 1) * 2 + kernel).
 SUPPORTED_SIZES = (32, 64)
@@ -32,9 +34,9 @@ def mlp(in_dim: int, out_dim: int, units: int, layers: int, act: type[nn.Module]
     mods: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers):
-        mods += [nn.Linear(dim, units), *([nn.LayerNorm(units)] if layer_norm else []), act()]
+        mods += [Dense(dim, units), *([nn.LayerNorm(units)] if layer_norm else []), act()]
         dim = units
-    mods.append(nn.Linear(dim, out_dim))
+    mods.append(Dense(dim, out_dim))
     return nn.Sequential(*mods)
 
 
@@ -170,8 +172,8 @@ class ConvDecoder(nn.Module):
         kernels = DECODER_KERNELS[image_size]
         widths = [depth * 2 ** i for i in reversed(range(len(kernels)))] + [channels]  # e.g. 4d, 2d, d, C
         self.channels, self.image_size, self.first_width = channels, image_size, widths[0]
-        self.fc = nn.Linear(feat_dim, 32 * depth)
-        self.first = nn.Linear(32 * depth, widths[0] * 5 * 5)  # = ConvTranspose2d(32d, w0, 5, stride 2) on 1x1
+        self.fc = Dense(feat_dim, 32 * depth)
+        self.first = Dense(32 * depth, widths[0] * 5 * 5)  # = ConvTranspose2d(32d, w0, 5, stride 2) on 1x1
         self.first_act = act(inplace=True)
         mods: list[nn.Module] = []
         for i, k in enumerate(kernels):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vmil.dense import Dense, GRUCell, linear
+
 
 class State(NamedTuple):
     """A latent state; every field has the same leading dims."""
@@ -80,12 +82,12 @@ class RSSM(nn.Module):
         self.action_dim, self.embed_dim = action_dim, embed_dim
         self.stoch_size, self.deter_size, self.min_std = stoch, deter, min_std
         self.act = act()
-        self.inp = nn.Linear(stoch + action_dim, hidden)
-        self.cell = nn.GRUCell(hidden, deter)
-        self.prior_h = nn.Linear(deter, hidden)
-        self.prior_out = nn.Linear(hidden, 2 * stoch)
-        self.post_h = nn.Linear(deter + embed_dim, hidden)
-        self.post_out = nn.Linear(hidden, 2 * stoch)
+        self.inp = Dense(stoch + action_dim, hidden)
+        self.cell = GRUCell(hidden, deter)
+        self.prior_h = Dense(deter, hidden)
+        self.prior_out = Dense(hidden, 2 * stoch)
+        self.post_h = Dense(deter + embed_dim, hidden)
+        self.post_out = Dense(hidden, 2 * stoch)
 
     @property
     def feat_dim(self) -> int:
@@ -139,17 +141,17 @@ class RSSM(nn.Module):
             state = self.initial(B, embed.device)
         keep = (~is_first).to(embed.dtype).unsqueeze(-1)  # [B, T, 1]
         S = self.stoch_size
-        a_proj = F.linear(action * keep, self.inp.weight[:, S:], self.inp.bias)
-        e_proj = F.linear(embed, self.post_h.weight[:, self.deter_size:], self.post_h.bias)
+        a_proj = linear(action * keep, self.inp.weight[:, S:], self.inp.bias)
+        e_proj = linear(embed, self.post_h.weight[:, self.deter_size:], self.post_h.bias)
         w_in, w_post = self.inp.weight[:, :S], self.post_h.weight[:, :self.deter_size]
         noise = torch.randn(B, T, S, device=embed.device, dtype=embed.dtype) if sample else None
         stoch, deter = state.stoch, state.deter
         means, stds, stochs, deters = [], [], [], []
         for t in range(T):
             stoch, deter = stoch * keep[:, t], deter * keep[:, t]
-            x = self.act(F.linear(stoch, w_in) + a_proj[:, t])
+            x = self.act(linear(stoch, w_in) + a_proj[:, t])
             deter = self.cell(x, deter)
-            mean, std = self._stats(self.post_out(self.act(F.linear(deter, w_post) + e_proj[:, t])))
+            mean, std = self._stats(self.post_out(self.act(linear(deter, w_post) + e_proj[:, t])))
             stoch = mean + std * noise[:, t] if noise is not None else mean
             means.append(mean), stds.append(std), stochs.append(stoch), deters.append(deter)
         deter_all = torch.stack(deters, 1)

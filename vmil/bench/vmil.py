@@ -7,7 +7,8 @@ does the world-model work of a Dreamer update at 16x50; half of them are expert 
 ``expert_batch`` says otherwise. Batches are synthetic (random frames,
 observation-only expert data, the default use); convolution and matmul costs do not depend on the
 pixel values. FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` over one update; the
-fp32 matmul peak is measured in the same process with the same threads, so the ratio is
+fp32 matmul peak (the faster of the BLAS and oneDNN, ``peak_gflops_by_library``) is measured in the
+same process with the same threads, so the ratio is
 meaningful on a shared machine only when ``cpu_wall_ratio`` is close to ``threads``.
 """
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any
 import torch
 
 from vmil.base import EnvSpec, SequenceBatch
+from vmil.dense import dense_backend, set_dense_backend, using_dense_backend
 
 
 HEAP_MODES = ("retain", "default", "compare")
+DENSE_MODES = ("onednn", "blas", "compare")
 
 
 def _sync(device: torch.device) -> None:
@@ -31,18 +34,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
-                       seconds: float = 1.0) -> float:
-    """Sustained GFLOP/s of an n x n matmul (best of a few timed rounds)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+def _sustained_gflops(fn, flop: float, device: torch.device, seconds: float) -> float:
+    """GFLOP/s of ``fn`` (best of three timed rounds after a calibration of ``seconds`` / 4)."""
     for _ in range(2):
-        a @ b
+        fn()
     _sync(device)
     t0 = time.perf_counter()
     iters = 0
     while time.perf_counter() - t0 < seconds / 4:
-        a @ b
+        fn()
         iters += 1
     _sync(device)
     per = max((time.perf_counter() - t0) / iters, 1e-9)
@@ -51,10 +51,31 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     for _ in range(3):
         t0 = time.perf_counter()
         for _ in range(reps):
-            a @ b
+            fn()
         _sync(device)
         best = min(best, (time.perf_counter() - t0) / reps)
-    return 2 * n ** 3 / best / 1e9
+    return flop / best / 1e9
+
+
+def matmul_peaks(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                 seconds: float = 1.0) -> dict[str, float]:
+    """Sustained GFLOP/s of an n x n matmul by each library torch has for it: 'blas' (``a @ b``:
+    MKL's sgemm on x86 CPUs) and, on CPU, 'onednn' (the same product as a 1x1 convolution, see
+    vmil.dense). They differ by 2x on AMD CPUs with AVX-512, where MKL runs its AVX2 kernels."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    kernels = {"blas": lambda: a @ b}
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        image = a.view(1, 1, n, n).permute(0, 3, 1, 2)  # a as a channels_last [1, n, 1, n] image
+        weight = b.reshape(n, n, 1, 1)  # a @ b^T, the same FLOPs; a transposed view as weight runs ~25% slower
+        kernels["onednn"] = lambda: torch.nn.functional.conv2d(image, weight)
+    return {name: _sustained_gflops(fn, 2 * n ** 3, device, seconds) for name, fn in kernels.items()}
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                       seconds: float = 1.0) -> float:
+    """The machine's matmul peak: the fastest of :func:`matmul_peaks`."""
+    return max(matmul_peaks(device, dtype, n, seconds).values())
 
 
 def synthetic_batch(batch: int, seq: int, spec: EnvSpec, device: torch.device, actions: bool,
@@ -76,7 +97,7 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
                updates: int = 5, warmup: int = 1, device: str = "cpu", threads: int = 0, amp: str = "none",
                compile: bool = False, action_dim: int = 6, count_flops: bool = True,
                overrides: tuple[str, ...] = (), peak_seconds: float = 1.0, image_size: int | None = None,
-               heap: str = "retain") -> dict[str, Any]:
+               heap: str = "retain", dense: str = "onednn") -> dict[str, Any]:
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes; the median
     update gives ``ms_per_update`` and the FLOP rate, ``parts`` (ms) are means over the updates, with
     each part's FLOPs in ``parts_gflop`` and its rate in ``parts_gflops``.
@@ -85,7 +106,9 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     half) are expert sequences and the rest agent ones. ``amp='bf16'`` autocasts the forward passes;
     ``compile`` wraps them in torch.compile. ``heap``: 'retain' reuses freed host memory as training
     does (``retain_host_memory``), 'default' leaves the C library's default, 'compare' times the
-    updates under the default first, then retained, in this one process (``heap_speedup``)."""
+    updates under the default first, then retained, in this one process (``heap_speedup``). ``dense``:
+    'onednn' runs the large dense layers on oneDNN as training does (``run.dense_backend``), 'blas'
+    on torch's BLAS, 'compare' times the BLAS first, then oneDNN (``dense_speedup``)."""
     from imitation import vmil
     from vmil.config import resolve
     from vmil.nn import resolve_device, retain_freed_host_memory
@@ -99,97 +122,110 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
                          f"(expert_batch={expert_batch}); use batch >= 2 and 1 <= expert_batch < batch")
     if heap not in HEAP_MODES:
         raise ValueError(f"heap must be one of {HEAP_MODES}, got {heap!r}")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    heap_retained = heap == "retain" and retain_freed_host_memory()
-    dev = resolve_device(device)
-    run_cfg = resolve("vmil", vmil.Config, None, preset, list(overrides))
-    # model_warmup 0: a preset's warm-up (world model only) would leave the timed updates partial.
-    cfg = dataclasses.replace(run_cfg.agent, batch_size=agent_batch, seq_len=seq, expert_batch_size=expert_batch,
-                              amp=amp, compile=compile, model_warmup=0)
-    size = image_size or run_cfg.env.image_size
-    spec = EnvSpec("bench:synthetic", (3, size, size), action_dim)
-    demos = types.SimpleNamespace(directory="synthetic", obs_shape=spec.obs_shape, has_actions=False, action_dim=0)
-    torch.manual_seed(0)
-    agent = vmil.build(cfg, spec, dev, demos)
-    gen = torch.Generator().manual_seed(0)
-    agent_seqs = synthetic_batch(agent_batch, seq, spec, dev, True, gen)
-    expert = synthetic_batch(expert_batch, seq, spec, dev, False, gen)
+    if dense not in DENSE_MODES:
+        raise ValueError(f"dense must be one of {DENSE_MODES}, got {dense!r}")
+    if heap == "compare" and dense == "compare":
+        raise ValueError("compare one thing per run: heap='compare' or dense='compare', not both")
+    with using_dense_backend("onednn" if dense == "onednn" else "blas"):
+        if threads > 0:
+            torch.set_num_threads(threads)
+        heap_retained = heap == "retain" and retain_freed_host_memory()
+        dev = resolve_device(device)
+        run_cfg = resolve("vmil", vmil.Config, None, preset, list(overrides))
+        # model_warmup 0: a preset's warm-up (world model only) would leave the timed updates partial.
+        cfg = dataclasses.replace(run_cfg.agent, batch_size=agent_batch, seq_len=seq, expert_batch_size=expert_batch,
+                                  amp=amp, compile=compile, model_warmup=0)
+        size = image_size or run_cfg.env.image_size
+        spec = EnvSpec("bench:synthetic", (3, size, size), action_dim)
+        demos = types.SimpleNamespace(directory="synthetic", obs_shape=spec.obs_shape, has_actions=False, action_dim=0)
+        torch.manual_seed(0)
+        agent = vmil.build(cfg, spec, dev, demos)
+        gen = torch.Generator().manual_seed(0)
+        agent_seqs = synthetic_batch(agent_batch, seq, spec, dev, True, gen)
+        expert = synthetic_batch(expert_batch, seq, spec, dev, False, gen)
 
-    for i in range(warmup):
-        agent.update(agent_seqs, expert, i)
-    gflop, part_gflop = float("nan"), {}
-    if count_flops:
-        from torch.utils.flop_counter import FlopCounterMode
+        for i in range(warmup):
+            agent.update(agent_seqs, expert, i)
+        gflop, part_gflop = float("nan"), {}
+        if count_flops:
+            from torch.utils.flop_counter import FlopCounterMode
 
-        counter = FlopCounterMode(display=False)
-        agent.part_flops = {}
-        with counter:
-            agent.update(agent_seqs, expert, warmup)
-        gflop = counter.get_total_flops() / 1e9
-        part_gflop = {k: v / 1e9 for k, v in agent.part_flops.items()}
-        agent.part_flops = None
+            counter = FlopCounterMode(display=False)
+            agent.part_flops = {}
+            with counter:
+                agent.update(agent_seqs, expert, warmup)
+            gflop = counter.get_total_flops() / 1e9
+            part_gflop = {k: v / 1e9 for k, v in agent.part_flops.items()}
+            agent.part_flops = None
 
-    step = warmup + 1
+        step = warmup + 1
 
-    def timed_updates() -> tuple[list[float], dict[str, float], float, float]:
-        nonlocal step
-        agent.timings = {}
-        _sync(dev)
-        each_ms = []
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        for _ in range(updates):
-            t0 = time.perf_counter()
-            agent.update(agent_seqs, expert, step)
-            step += 1
+        def timed_updates() -> tuple[list[float], dict[str, float], float, float]:
+            nonlocal step
+            agent.timings = {}
             _sync(dev)
-            each_ms.append((time.perf_counter() - t0) * 1000)
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        parts = {k: round(v / updates, 1) for k, v in agent.timings.items()}
-        agent.timings = None
-        return each_ms, parts, wall, cpu
+            each_ms = []
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            for _ in range(updates):
+                t0 = time.perf_counter()
+                agent.update(agent_seqs, expert, step)
+                step += 1
+                _sync(dev)
+                each_ms.append((time.perf_counter() - t0) * 1000)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            parts = {k: round(v / updates, 1) for k, v in agent.timings.items()}
+            agent.timings = None
+            return each_ms, parts, wall, cpu
 
-    each_ms, parts, wall, cpu = timed_updates()
-    comparison: dict[str, Any] = {}
-    if heap == "compare":
-        heap_retained = retain_freed_host_memory()
-        if not heap_retained:
-            raise RuntimeError("heap='compare' needs Linux with glibc (mallopt); nothing to compare here")
-        agent.update(agent_seqs, expert, step)  # the first update under the new setting grows the heap
-        step += 1
-        default_ms = statistics.median(each_ms)
         each_ms, parts, wall, cpu = timed_updates()
-        comparison = {"ms_per_update_default_heap": round(default_ms, 1),
-                      "heap_speedup": round(default_ms / statistics.median(each_ms), 3)}
+        comparison: dict[str, Any] = {}
+        if heap == "compare":
+            heap_retained = retain_freed_host_memory()
+            if not heap_retained:
+                raise RuntimeError("heap='compare' needs Linux with glibc (mallopt); nothing to compare here")
+            agent.update(agent_seqs, expert, step)  # the first update under the new setting grows the heap
+            step += 1
+            default_ms = statistics.median(each_ms)
+            each_ms, parts, wall, cpu = timed_updates()
+            comparison = {"ms_per_update_default_heap": round(default_ms, 1),
+                          "heap_speedup": round(default_ms / statistics.median(each_ms), 3)}
+        if dense == "compare":
+            set_dense_backend("onednn")
+            blas_ms = statistics.median(each_ms)
+            each_ms, parts, wall, cpu = timed_updates()
+            comparison = {"ms_per_update_blas_dense": round(blas_ms, 1),
+                          "dense_speedup": round(blas_ms / statistics.median(each_ms), 3)}
 
-    n = 2048 if peak_seconds >= 0.5 else 512  # quick checks (tests) use a small matrix
-    peak = matmul_peak_gflops(dev, torch.float32, n=n, seconds=peak_seconds)
-    # The median: on a shared machine one update can lose a second to another tenant, and a mean
-    # would carry that into the ratio; every update's time is reported next to it.
-    ms = statistics.median(each_ms)
-    achieved = gflop / (ms / 1000)
-    result: dict[str, Any] = {
-        "ms_per_update": round(ms, 1),
-        "ms_each_update": [round(t, 1) for t in each_ms],
-        "gflop_per_update": float(f"{gflop:.4g}"),  # significant digits: smoke sizes are ~0.05
-        "achieved_gflops": float(f"{achieved:.4g}"),
-        "peak_gflops": round(peak, 1),
-        "peak_fraction": round(achieved / peak, 3),
-        "parts": parts,
-        # Where the fraction of peak is lost: each part's FLOPs and its FLOP rate at its mean time.
-        "parts_gflop": {k: float(f"{v:.4g}") for k, v in part_gflop.items()},
-        "parts_gflops": {k: float(f"{v / (parts[k] / 1000):.4g}") for k, v in part_gflop.items()
-                         if parts.get(k, 0) > 0},
-        "preset": preset, "image_size": size, "batch": batch, "agent_batch": agent_batch,
-        "expert_batch": expert_batch, "seq": seq, "imagine_from": cfg.imagine_from,
-        "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
-        "threads": torch.get_num_threads(), "updates": updates,
-        "cpu_wall_ratio": round(cpu / wall, 2) if dev.type == "cpu" else None,
-        "host_heap_retained": heap_retained, **comparison,
-        "torch": torch.__version__,
-    }
-    if amp == "bf16":
-        bf16 = matmul_peak_gflops(dev, torch.bfloat16, n=n, seconds=peak_seconds)
-        result["peak_bf16_gflops"] = round(bf16, 1)
-        result["peak_fraction_bf16"] = round(achieved / bf16, 3)
-    return result
+        n = 2048 if peak_seconds >= 0.5 else 512  # quick checks (tests) use a small matrix
+        peaks = matmul_peaks(dev, torch.float32, n=n, seconds=peak_seconds)
+        peak = max(peaks.values())
+        # The median: on a shared machine one update can lose a second to another tenant, and a mean
+        # would carry that into the ratio; every update's time is reported next to it.
+        ms = statistics.median(each_ms)
+        achieved = gflop / (ms / 1000)
+        result: dict[str, Any] = {
+            "ms_per_update": round(ms, 1),
+            "ms_each_update": [round(t, 1) for t in each_ms],
+            "gflop_per_update": float(f"{gflop:.4g}"),  # significant digits: smoke sizes are ~0.05
+            "achieved_gflops": float(f"{achieved:.4g}"),
+            "peak_gflops": round(peak, 1),
+            "peak_gflops_by_library": {k: round(v, 1) for k, v in peaks.items()},
+            "peak_fraction": round(achieved / peak, 3),
+            "parts": parts,
+            # Where the fraction of peak is lost: each part's FLOPs and its FLOP rate at its mean time.
+            "parts_gflop": {k: float(f"{v:.4g}") for k, v in part_gflop.items()},
+            "parts_gflops": {k: float(f"{v / (parts[k] / 1000):.4g}") for k, v in part_gflop.items()
+                             if parts.get(k, 0) > 0},
+            "preset": preset, "image_size": size, "batch": batch, "agent_batch": agent_batch,
+            "expert_batch": expert_batch, "seq": seq, "imagine_from": cfg.imagine_from,
+            "horizon": cfg.behavior.horizon, "amp": amp, "compile": compile, "device": str(dev),
+            "threads": torch.get_num_threads(), "updates": updates,
+            "cpu_wall_ratio": round(cpu / wall, 2) if dev.type == "cpu" else None,
+            "host_heap_retained": heap_retained, "dense_backend": dense_backend(), **comparison,
+            "torch": torch.__version__,
+        }
+        if amp == "bf16":
+            bf16 = matmul_peak_gflops(dev, torch.bfloat16, n=n, seconds=peak_seconds)
+            result["peak_bf16_gflops"] = round(bf16, 1)
+            result["peak_fraction_bf16"] = round(achieved / bf16, 3)
+        return result
