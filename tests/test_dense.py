@@ -8,8 +8,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from vmil import dense
 from vmil.dense import Dense, GRUCell, linear, routes_to_onednn, using_dense_backend
 
-torch.set_num_threads(2)
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    # Routing needs more than one thread; other test modules set one.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def _grads(fn, *tensors):
@@ -50,6 +58,8 @@ def test_small_products_and_the_blas_backend_keep_f_linear_bit_for_bit():
         assert torch.equal(linear(narrow, w, b), F.linear(narrow, w, b))
     assert dense.dense_backend() == "onednn"
     assert routes_to_onednn(narrow, w)
+    torch.set_num_threads(1)
+    assert not routes_to_onednn(narrow, w), "one thread: torch runs the 1x1 conv on its BLAS path anyway"
     with pytest.raises(ValueError, match="onednn"):
         dense.set_dense_backend("mkl")
 

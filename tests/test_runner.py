@@ -325,6 +325,18 @@ def test_build_run_refuses_an_existing_run(tmp_path, toy_demos):
         resume_run(tmp_path)
 
 
+def test_run_sets_the_dense_backend_and_names_the_valid_ones(tmp_path, toy_demos):
+    from imitation.bc import Config as BCConfig
+    from vmil.dense import dense_backend, using_dense_backend
+
+    with pytest.raises(ConfigError, match="'onedn' is not one of \\['onednn', 'blas'\\].*onednn"):
+        resolve("bc", BCConfig, "toy:reach", "smoke", ["dense_backend=onedn"])
+    cfg = resolve("bc", BCConfig, "toy:reach", "smoke", ["dense_backend=blas"])
+    with using_dense_backend("onednn"):
+        build_run(cfg, toy_demos, tmp_path / "run", tracking_uri="none", quiet=True).close()
+        assert dense_backend() == "blas"
+
+
 def test_resume_after_sigkill(tmp_path, toy_demos, monkeypatch):
     """A run killed with SIGKILL continues from its last checkpoint: the step counter goes on from
     there and every episode written before the kill is kept and reloaded."""

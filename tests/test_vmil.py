@@ -578,6 +578,20 @@ def test_bench_reports_its_keys():
                                                      rel=0.01)
     with pytest.raises(ValueError, match="heap must be one of"):
         bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, heap="keep")
+    # The peak is the fastest matmul library's; dense layers run as training runs them, or both are timed.
+    assert out["peak_gflops"] == max(out["peak_gflops_by_library"].values())
+    assert set(out["peak_gflops_by_library"]) == ({"blas", "onednn"} if torch.backends.mkldnn.is_available()
+                                                  else {"blas"})
+    assert out["dense_backend"] == "onednn"
+    dense = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, dense="compare")
+    assert dense["dense_speedup"] == pytest.approx(dense["ms_per_update_blas_dense"] / dense["ms_per_update"],
+                                                   rel=0.01)
+    assert bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05,
+                      dense="blas")["dense_backend"] == "blas"
+    from vmil.dense import dense_backend
+    assert dense_backend() == "onednn", "the benchmark must leave the process's dense backend as it found it"
+    with pytest.raises(ValueError, match="not both"):
+        bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, heap="compare", dense="compare")
 
 
 # ------------------------------------------------------------------------------ learning

@@ -13,7 +13,10 @@ gradient ``g^T @ x`` contracts over N, so there N plays the channels, in chunks 
 (one convolution over all rows of 11760 fell to 154 GFLOP/s, chunks keep 260).
 
 Only large enough layers are routed (``MIN_ROWS``, ``MIN_FEATURES``): a 16-row step of the RSSM's
-filter or a 1-unit output is faster, and bit-for-bit unchanged, on the BLAS. Results equal F.linear
+filter or a 1-unit output is faster, and bit-for-bit unchanged, on the BLAS. Nor is anything routed
+with one torch thread: torch then runs a 1x1 convolution of one image on its own (BLAS) path, not
+oneDNN's, and both libraries measured 85-95 GFLOP/s on one thread here, so routing would only
+change the rounding. Results equal F.linear
 up to float rounding (a different summation order). ``set_dense_backend("blas")`` turns the routing
 off for the whole process (the runner sets it from ``run.dense_backend``).
 """
@@ -114,7 +117,8 @@ class _OneDnnLinear(torch.autograd.Function):
 
 def routes_to_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` sends this product to oneDNN (see the module's docstring)."""
-    return (_backend == "onednn" and x.device.type == "cpu" and x.dtype == torch.float32
+    return (_backend == "onednn" and x.device.type == "cpu" and torch.get_num_threads() > 1
+            and x.dtype == torch.float32
             and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and not torch.is_autocast_enabled("cpu") and min(weight.shape) >= MIN_FEATURES
             and x.numel() >= MIN_ROWS * x.shape[-1] > 0)
