@@ -16,9 +16,13 @@ Only large enough layers are routed (``MIN_ROWS``, ``MIN_FEATURES``): a 16-row s
 filter or a 1-unit output is faster, and bit-for-bit unchanged, on the BLAS. Nor is anything routed
 with one torch thread: torch then runs a 1x1 convolution of one image on its own (BLAS) path, not
 oneDNN's, and both libraries measured 85-95 GFLOP/s on one thread here, so routing would only
-change the rounding. Results equal F.linear
-up to float rounding (a different summation order). ``set_dense_backend("blas")`` turns the routing
-off for the whole process (the runner sets it from ``run.dense_backend``).
+change the rounding. Results equal F.linear up to float rounding (a different summation order).
+``set_dense_backend("blas")`` turns the routing off for the whole process (the runner sets it from
+``run.dense_backend``).
+
+Known cost: a custom Function's ``needs_input_grad`` says which inputs require grad, not which ones
+an ``autograd.grad(..., inputs)`` call asks for, so a gradient penalty w.r.t. a discriminator's
+input also computes the routed layers' weight gradients (0.3 of the paper update's 310 GFLOP).
 """
 from __future__ import annotations
 
