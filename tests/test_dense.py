@@ -27,17 +27,14 @@ def _grads(fn, *tensors):
     return out.detach(), [t.grad for t in tensors]
 
 
-def test_large_products_route_to_onednn_and_match_f_linear():
+def test_large_products_route_to_onednn_and_match_f_linear(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(3, 100, 64, generator=gen), torch.randn(48, 64, generator=gen), torch.randn(48, generator=gen)
     assert routes_to_onednn(x, w)
     calls = []
     original = dense._OneDnnLinear.apply
-    dense._OneDnnLinear.apply = lambda *a: calls.append(1) or original(*a)
-    try:
-        out, grads = _grads(linear, x, w, b)
-    finally:
-        dense._OneDnnLinear.apply = original
+    monkeypatch.setattr(dense._OneDnnLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    out, grads = _grads(linear, x, w, b)
     ref, ref_grads = _grads(F.linear, x, w, b)
     assert calls, "a 300-row product should have gone through oneDNN"
     assert out.shape == (3, 100, 48)

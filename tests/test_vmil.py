@@ -536,7 +536,8 @@ def test_proprio_agent_runs():
         vmil.build(cfg, SPEC, torch.device("cpu"), demo_info(False))
 
 
-def test_bench_reports_its_keys():
+def test_bench_reports_its_keys(monkeypatch):
+    from vmil.bench import vmil as bench_module
     from vmil.bench.vmil import bench_vmil
 
     # A preset's model_warmup must not turn the timed updates into world-model-only ones.
@@ -583,7 +584,13 @@ def test_bench_reports_its_keys():
     assert set(out["peak_gflops_by_library"]) == ({"blas", "onednn"} if torch.backends.mkldnn.is_available()
                                                   else {"blas"})
     assert out["dense_backend"] == "onednn"
+    # Whichever library is faster on this machine sets the peak.
+    for peaks in ({"blas": 100.0, "onednn": 200.0}, {"blas": 200.0, "onednn": 100.0}):
+        monkeypatch.setattr(bench_module, "matmul_peaks", lambda *a, peaks=peaks, **k: peaks)
+        assert bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, count_flops=False)["peak_gflops"] == 200.0
+    monkeypatch.undo()
     dense = bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, dense="compare")
+    assert dense["dense_backend"] == "onednn", "'compare' reports training's backend last"
     assert dense["dense_speedup"] == pytest.approx(dense["ms_per_update_blas_dense"] / dense["ms_per_update"],
                                                    rel=0.01)
     assert bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05,

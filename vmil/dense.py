@@ -79,7 +79,9 @@ def _matmul_t_image(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None 
     return F.conv2d(_as_image(a.contiguous()), b.reshape(b.shape[0], b.shape[1], 1, 1), bias)
 
 
-def _matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def onednn_matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a [N, K] @ b[M, K]^T -> [N, M] on oneDNN (no autograd Function: for the backward and the
+    benchmark's peak)."""
     return _from_image(_matmul_t_image(a, b))
 
 
@@ -113,7 +115,7 @@ class _OneDnnLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad = _from_image(grad)
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = _matmul_t(grad, weight.t()) if need_x else None
+        grad_x = onednn_matmul_t(grad, weight.t()) if need_x else None
         grad_w = _grad_weight(grad, x) if need_w else None
         grad_b = grad.sum(0) if need_b and ctx.has_bias else None
         return grad_x, grad_w, grad_b
