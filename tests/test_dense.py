@@ -136,3 +136,16 @@ def test_flop_counter_sees_the_same_flops_on_either_backend():
         return counter.get_total_flops()
 
     assert flops("onednn") == flops("blas") == 3 * 2 * 300 * 64 * 48
+
+
+def test_dense_compiles_on_cpu_with_routing_sizes():
+    """torch.compile (agent.compile) traces Dense with symbolic sizes; routing's size test used to stop
+    inductor there. Under the compiler the product is the compiler's own, equal to F.linear."""
+    torch._dynamo.reset()
+    layer = Dense(64, 48)
+    assert routes_to_onednn(torch.randn(20, 15, 64), layer.weight)
+    compiled = torch.compile(lambda t: layer(t).relu(), dynamic=True)
+    for lead in ((20, 15), (16, 30)):  # dynamic=True: [B, T] are symbols, as in the crash
+        t = torch.randn(*lead, 64)
+        torch.testing.assert_close(compiled(t), F.linear(t, layer.weight, layer.bias).relu(), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()

@@ -122,8 +122,11 @@ class _OneDnnLinear(torch.autograd.Function):
 
 
 def routes_to_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`linear` sends this product to oneDNN (see the module's docstring)."""
-    return (_backend == "onednn" and x.device.type == "cpu" and torch.get_num_threads() > 1
+    """Whether :func:`linear` sends this product to oneDNN (see the module's docstring). Never while
+    torch.compile traces: the compiler picks its own kernels, and the size test on symbolic shapes
+    would stop it (inductor: "cannot determine truth value of Relational")."""
+    return (_backend == "onednn" and not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and torch.get_num_threads() > 1
             and x.dtype == torch.float32
             and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and not torch.is_autocast_enabled("cpu") and min(weight.shape) >= MIN_FEATURES
