@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmil.dense import Dense
+from vmil.dense import Dense, linear
 
 # Image sizes the conv stacks below are laid out for: the number of stride-2 layers (the encoder
 # ends at 2x2) and the decoder's kernels (each output side is (in - 1) * 2 + kernel).
@@ -62,7 +62,8 @@ class PatchConv2d(nn.Conv2d):
     """A stride-2 conv with few output positions (the encoder's last layer: 6x6 -> 2x2) run on CPU as
     one matmul over its input patches, stacked by slicing: oneDNN reaches ~75-100 GFLOP/s on this
     layer, the matmul and its two backward matmuls 2-3x that (15-23 + 39-58 against 34 + 66-88 ms
-    at 800x128x6x6 -> 256x2x2). Same FLOPs, same parameters as nn.Conv2d."""
+    at 800x128x6x6 -> 256x2x2). Same FLOPs, same parameters as nn.Conv2d. The matmul goes through
+    vmil.dense (oneDNN on AMD CPUs: 58 against 104 ms forward + backward at that size)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__(in_channels, out_channels, kernel_size, stride=2)
@@ -76,7 +77,7 @@ class PatchConv2d(nn.Conv2d):
         patches = torch.stack([pixels[:, 2 * i:2 * i + k, 2 * j:2 * j + k] for i in range(rows)
                                for j in range(cols)], 1)  # [n, rows*cols, k, k, c]
         weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)  # matches (k, k, c)
-        out = torch.addmm(self.bias, patches.reshape(n * rows * cols, -1), weight.t())
+        out = linear(patches.reshape(n * rows * cols, -1), weight, self.bias)
         return out.reshape(n, rows, cols, self.out_channels).permute(0, 3, 1, 2)
 
 
@@ -96,7 +97,7 @@ class ConvEncoder(nn.Module):
         prev = channels
         for i, w in enumerate(widths):
             last = i == len(widths) - 1  # 6x6 -> 2x2
-            mods += [PatchConv2d(prev, w, 4) if last else nn.Conv2d(prev, w, 4, stride=2), act(inplace=True)]
+            mods += [PatchConv2d(prev, w, 4) if last else StrideTwoConv2d(prev, w, 4), act(inplace=True)]
             prev = w
         self.net = nn.Sequential(*mods)
         self.out_dim = widths[-1] * 2 * 2
@@ -112,21 +113,28 @@ class ConvEncoder(nn.Module):
         return self.net(x).reshape(*lead, self.out_dim)
 
 
-class _PhaseTransposedConv(torch.autograd.Function):
-    """Forward of a stride-2 transposed conv with an even kernel 2m as one stride-1 m x m conv that
-    writes the four output phases as channels, then a pixel shuffle; backward is the transposed
-    conv's own (the same gradients to the last bit)."""
+class _StrideTwoConv(torch.autograd.Function):
+    """A stride-2 conv or transposed conv (no padding) whose backward takes the bias gradient as a
+    plain sum: oneDNN computing it with the weight gradient costs 10-60 ms per layer at 800 frames
+    (58 ms on the 64->32 transposed conv, 2 threads), the sum 1-4 ms. ``phases`` (transposed, even
+    kernel 2m): the forward as one stride-1 m x m conv writing the four output phases as channels,
+    then a pixel shuffle -- output pixel (2i+p, 2j+q) sums input (i-u, j-v) times weight tap
+    (2u+p, 2v+q), u, v < m."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, transposed: bool,
+                phases: bool) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
+        ctx.transposed = transposed
+        if not phases:
+            conv = F.conv_transpose2d if transposed else F.conv2d
+            return conv(x, weight, bias, stride=2)
         cin, cout, k, _ = weight.shape
         m = k // 2
-        # Output pixel (2i+p, 2j+q) sums input (i-u, j-v) times weight tap (2u+p, 2v+q), u, v < m.
         taps = torch.tensor([[2 * (m - 1 - u) + p for u in range(m)] for p in range(2)], device=weight.device)
-        phases = weight[:, :, taps][:, :, :, :, taps]  # [cin, cout, p, u, q, v]
-        phases = phases.permute(1, 2, 4, 0, 3, 5).reshape(cout * 4, cin, m, m)
-        z = F.conv2d(x, phases.contiguous(memory_format=torch.channels_last), bias.repeat_interleave(4),
+        kernel = weight[:, :, taps][:, :, :, :, taps]  # [cin, cout, p, u, q, v]
+        kernel = kernel.permute(1, 2, 4, 0, 3, 5).reshape(cout * 4, cin, m, m)
+        z = F.conv2d(x, kernel.contiguous(memory_format=torch.channels_last), bias.repeat_interleave(4),
                      padding=m - 1)
         return F.pixel_shuffle(z, 2)
 
@@ -134,26 +142,43 @@ class _PhaseTransposedConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1],
-                                                   True, [0, 0], 1, list(ctx.needs_input_grad))
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [2, 2], [0, 0], [1, 1], ctx.transposed, [0, 0], 1, [need_x, need_w, False])
+        return grad_x, grad_w, grad.sum((0, 2, 3)) if need_b else None, None, None
 
 
-class ImageConvTranspose2d(nn.ConvTranspose2d):
-    """The decoder's last layer (a few output channels, stride 2, even kernel). On CPU its forward
-    runs as :class:`_PhaseTransposedConv`: oneDNN's transposed conv with 3 output channels reaches
-    ~35 GFLOP/s, the phase conv (12 output channels) 2.5x that (51-57 against 135-141 ms at
-    800x32x30x30 -> 3x64x64). The phase conv also multiplies the padding's zeros at the border,
-    so it executes (and torch's FLOP counter counts) 14% more FLOPs than the transposed conv."""
+class StrideTwoConv2d(nn.Conv2d):
+    """nn.Conv2d(in, out, kernel, stride=2) (same parameters and maths); on CPU through
+    :class:`_StrideTwoConv` for its cheaper bias gradient."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
-        if kernel_size % 2:
-            raise ValueError(f"ImageConvTranspose2d needs an even kernel, got {kernel_size}")
         super().__init__(in_channels, out_channels, kernel_size, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or self.bias is None:
+        if x.device.type != "cpu":
             return super().forward(x)
-        return _PhaseTransposedConv.apply(x, self.weight, self.bias)
+        return _StrideTwoConv.apply(x, self.weight, self.bias, False, False)
+
+
+class StrideTwoConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d(in, out, kernel, stride=2) (same parameters and maths); on CPU through
+    :class:`_StrideTwoConv` for its cheaper bias gradient. ``phases`` (even kernels; the decoder's
+    image layer): oneDNN's transposed conv with 3 output channels reaches ~35 GFLOP/s, the phase
+    conv (12 output channels) 2.5x that (51-57 against 135-141 ms at 800x32x30x30 -> 3x64x64). The
+    phase conv also multiplies the padding's zeros at the border, so it executes (and torch's FLOP
+    counter counts) 14% more FLOPs than the transposed conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, phases: bool = False):
+        if phases and kernel_size % 2:
+            raise ValueError(f"the phase conv needs an even kernel, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, stride=2)
+        self.phases = phases
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _StrideTwoConv.apply(x, self.weight, self.bias, True, self.phases)
 
 
 class ConvDecoder(nn.Module):
@@ -178,8 +203,7 @@ class ConvDecoder(nn.Module):
         mods: list[nn.Module] = []
         for i, k in enumerate(kernels):
             last = i == len(kernels) - 1
-            mods.append(ImageConvTranspose2d(widths[i], widths[i + 1], k) if last and k % 2 == 0
-                        else nn.ConvTranspose2d(widths[i], widths[i + 1], k, stride=2))
+            mods.append(StrideTwoConvTranspose2d(widths[i], widths[i + 1], k, phases=last and k % 2 == 0))
             if i < len(kernels) - 1:
                 mods.append(act(inplace=True))
         self.net = nn.Sequential(*mods)
