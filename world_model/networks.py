@@ -134,8 +134,8 @@ class _StrideTwoConv(torch.autograd.Function):
         taps = torch.tensor([[2 * (m - 1 - u) + p for u in range(m)] for p in range(2)], device=weight.device)
         kernel = weight[:, :, taps][:, :, :, :, taps]  # [cin, cout, p, u, q, v]
         kernel = kernel.permute(1, 2, 4, 0, 3, 5).reshape(cout * 4, cin, m, m)
-        z = F.conv2d(x, kernel.contiguous(memory_format=torch.channels_last), bias.repeat_interleave(4),
-                     padding=m - 1)
+        z = F.conv2d(x, kernel.contiguous(memory_format=torch.channels_last),
+                     None if bias is None else bias.repeat_interleave(4), padding=m - 1)
         return F.pixel_shuffle(z, 2)
 
     @staticmethod
