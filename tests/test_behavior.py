@@ -46,6 +46,29 @@ def test_lookahead_targets_match_a_loop_over_candidates():
     assert torch.allclose(sharp, cands[q.argmax(0), torch.arange(M)], atol=1e-5)
 
 
+def test_lookahead_targets_hold_each_candidate_for_several_steps():
+    torch.manual_seed(1)
+    K, M, A, steps, gamma = 4, 3, 2, 3, 0.8
+    rssm = RSSM(A, 6, stoch=4, deter=5, hidden=6)
+    value = torch.nn.Linear(9, 1)
+    start = rssm.initial(M).map(lambda x: x + torch.randn_like(x))
+    cands = torch.rand(K, M, A) * 2 - 1
+    reward_fn = lambda s, a, s2: s2.stoch.sum(-1) - s.deter.mean(-1) + a[..., 0]  # noqa: E731
+    target, _ = lookahead_targets(rssm, lambda f: value(f).squeeze(-1), reward_fn, start, cands, gamma, 0.5, steps)
+    q = torch.zeros(K, M)
+    for k in range(K):  # reference: one candidate at a time, one step at a time
+        s = start
+        for t in range(steps):
+            nxt = rssm.img_step(s, cands[k], sample=False)
+            q[k] += gamma ** t * reward_fn(s, cands[k], nxt)
+            s = nxt
+        q[k] += gamma ** steps * value(rssm.feat(s)).squeeze(-1)
+    w = torch.softmax(q / (0.5 * q.std(0)), 0)
+    assert torch.allclose(target, (w[..., None] * cands).sum(0), atol=1e-5)
+    one, _ = lookahead_targets(rssm, lambda f: value(f).squeeze(-1), reward_fn, start, cands, gamma, 0.5, 1)
+    assert not torch.allclose(one, target), "the fixture should make holding the action change the choice"
+
+
 def test_sample_states_keeps_each_state_whole():
     torch.manual_seed(0)
     T, N = 4, 5

@@ -67,6 +67,11 @@ class BehaviorConfig:
              "instead of a 2-cycle around it, whose open-loop gradient is zero (on toy:reach it removed the "
              "jumps but stopped short of the goal; README).")
     lookahead_candidates: int = doc(16, "Candidate actions per lookahead state (half from the actor, half uniform).")
+    lookahead_steps: int = doc(
+        1, "Prior steps each lookahead candidate is held for before the critic bootstraps: q = sum_t<k gamma^t "
+           "r_t + gamma^k V(s_k). Where the toy:reach policy rests far from a goal, the model scores one step "
+           "toward the goal 0.13 above the policy's own action and five steps 0.72 (README), so k > 1 "
+           "sees what one step hardly does.")
     lookahead_states: int = doc(256, "Imagined states per update the lookahead scores candidates at.")
     lookahead_temperature: float = doc(
         0.1, "Softmax temperature over the candidates' values, in units of their standard deviation at that "
@@ -89,7 +94,7 @@ class BehaviorConfig:
             raise ConfigError(f"agent.behavior.gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"agent.behavior.lam must be in [0, 1], got {self.lam}")
-        for name in ("units", "slow_target_update", "lookahead_states", "lookahead_temperature"):
+        for name in ("units", "slow_target_update", "lookahead_states", "lookahead_temperature", "lookahead_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
         if self.lookahead_candidates < 2:
@@ -262,18 +267,25 @@ def sample_states(states: State, n: int) -> State:
 
 
 @torch.no_grad()
-def lookahead_targets(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State, candidates: torch.Tensor,
-                      gamma: float, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Score candidate actions [K, M, A] at states [M, ...] by one deterministic prior step,
-    q = reward_fn(s, a, s') + gamma * value(s'), and return their softmax(q / (temperature * std_K q))
-    -weighted mean [M, A] with metrics."""
+def lookahead_targets(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State,
+                      candidates: torch.Tensor, gamma: float, temperature: float, steps: int = 1
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Score candidate actions [K, M, A] at states [M, ...], each held for ``steps`` deterministic prior
+    steps, q = sum_t<steps gamma^t reward_fn(s_t, a, s_t+1) + gamma^steps value(s_steps), and return
+    their softmax(q / (temperature * std_K q))-weighted mean [M, A] with metrics."""
     K, M, A = candidates.shape
     if state.deter.shape[0] != M:
         raise ValueError(f"lookahead: {state.deter.shape[0]} states for candidates [K, M={M}, A]")
-    start = state.map(lambda x: x.unsqueeze(0).expand(K, *x.shape).reshape(K * M, *x.shape[1:]))
+    if steps < 1:
+        raise ValueError(f"lookahead: steps must be >= 1, got {steps}")
+    current = state.map(lambda x: x.unsqueeze(0).expand(K, *x.shape).reshape(K * M, *x.shape[1:]))
     action = candidates.reshape(K * M, A)
-    nxt = rssm.img_step(start, action, sample=False)
-    q = (reward_fn(start, action, nxt) + gamma * value(rssm.feat(nxt))).reshape(K, M)
+    q = torch.zeros(K * M, device=action.device)
+    for t in range(steps):
+        nxt = rssm.img_step(current, action, sample=False)
+        q = q + gamma ** t * reward_fn(current, action, nxt)
+        current = nxt
+    q = (q + gamma ** steps * value(rssm.feat(current))).reshape(K, M)
     spread = q.std(0, keepdim=True).clamp(min=1e-6)
     weights = torch.softmax((q - q.max(0, keepdim=True).values) / (temperature * spread), 0)
     target = (weights.unsqueeze(-1) * candidates).sum(0)
@@ -317,7 +329,8 @@ class ActorCritic(nn.Module):
             own = self.actor.sample(feat.unsqueeze(0).expand(K // 2, *feat.shape))[0]
             uniform = torch.rand(K - K // 2, *own.shape[1:], device=own.device) * 2 - 1
         target, metrics = lookahead_targets(rssm, self.bootstrap_critic(), reward_fn, pick,
-                                            torch.cat([own, uniform]), cfg.gamma, cfg.lookahead_temperature)
+                                            torch.cat([own, uniform]), cfg.gamma, cfg.lookahead_temperature,
+                                            cfg.lookahead_steps)
         loss = self.actor.regression_loss(feat, target)
         metrics["lookahead_loss"] = loss.detach()
         return loss, metrics
