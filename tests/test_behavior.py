@@ -67,6 +67,10 @@ def test_lookahead_targets_hold_each_candidate_for_several_steps():
     assert torch.allclose(target, (w[..., None] * cands).sum(0), atol=1e-5)
     one, _ = lookahead_targets(rssm, lambda f: value(f).squeeze(-1), reward_fn, start, cands, gamma, 0.5, 1)
     assert not torch.allclose(one, target), "the fixture should make holding the action change the choice"
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        lookahead_targets(rssm, lambda f: value(f).squeeze(-1), reward_fn, start, cands, gamma, 0.5, 0)
+    with pytest.raises(ConfigError, match="lookahead_steps must be positive"):
+        BehaviorConfig(lookahead_steps=0)
 
 
 def test_sample_states_keeps_each_state_whole():
