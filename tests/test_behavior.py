@@ -8,7 +8,7 @@ import torch
 
 from vmil.config import ConfigError
 from vmil.nn import normal_log_prob, optimize, tanh_log_det
-from world_model.behavior import (Actor, ActorCritic, BehaviorConfig, frozen, imagine, lookahead_targets,
+from world_model.behavior import (Actor, ActorCritic, BehaviorConfig, frozen, imagine, lookahead_targets, plan_action,
                                   sample_states)
 from world_model.returns import discount_weights, lambda_return
 from world_model.rssm import RSSM, State
@@ -71,6 +71,47 @@ def test_lookahead_targets_hold_each_candidate_for_several_steps():
         lookahead_targets(rssm, lambda f: value(f).squeeze(-1), reward_fn, start, cands, gamma, 0.5, 0)
     with pytest.raises(ConfigError, match="lookahead_steps must be positive"):
         BehaviorConfig(lookahead_steps=0)
+
+
+def test_plan_action_replaces_the_actor_only_where_a_held_candidate_scores_higher():
+    torch.manual_seed(2)
+    M, A, steps, gamma = 6, 2, 3, 0.9
+    rssm = RSSM(A, 6, stoch=4, deter=5, hidden=6)
+    actor = Actor(9, A, units=8, layers=2)
+    value = torch.nn.Linear(9, 1)
+    start = rssm.initial(M).map(lambda x: x + 2 * torch.randn_like(x))
+    cands = torch.rand(2, A) * 2 - 1
+    # The best action depends on the state, so neither the actor nor a held candidate wins everywhere.
+    reward_fn = lambda s, a, s2: -(a - s.deter[:, :A].tanh()).pow(2).sum(-1)  # noqa: E731
+    v = lambda f: value(f).squeeze(-1)  # noqa: E731
+
+    def reference(policy):  # one rollout, one step at a time
+        s, q = start, torch.zeros(M)
+        for t in range(steps):
+            a = policy(s)
+            nxt = rssm.img_step(s, a, sample=False)
+            q += gamma ** t * reward_fn(s, a, nxt)
+            s = nxt
+        return q + gamma ** steps * v(rssm.feat(s))
+
+    own = actor.mode(rssm.feat(start))
+    q_actor = reference(lambda s: actor.mode(rssm.feat(s)))
+    held = [own] + [cands[k].expand(M, A) for k in range(len(cands))]
+    q_held = torch.stack([reference(lambda s, a=a: a) for a in held])
+    plan = plan_action(rssm, actor, v, reward_fn, start, cands, gamma, steps)
+    assert torch.allclose(plan.q_actor, q_actor, atol=1e-5) and torch.allclose(plan.q_held, q_held.max(0).values,
+                                                                                  atol=1e-5)
+    replaced = q_held.max(0).values > q_actor
+    assert 0 < int(replaced.sum()) < M, "the fixture should replace the actor at some states, not all"
+    assert torch.equal(plan.replaced, replaced)
+    best = torch.stack(held)[q_held.argmax(0), torch.arange(M)]
+    assert torch.allclose(plan.action, torch.where(replaced[:, None], best, own))
+    with pytest.raises(ValueError, match="plan candidates must be"):
+        plan_action(rssm, actor, v, reward_fn, start, cands[:, :1], gamma, steps)
+    with pytest.raises(ConfigError, match="plan_steps must be positive"):
+        BehaviorConfig(plan_steps=0)
+    with pytest.raises(ConfigError, match="plan_candidates must be >= 0"):
+        BehaviorConfig(plan_candidates=-1)
 
 
 def test_sample_states_keeps_each_state_whole():

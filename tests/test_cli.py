@@ -125,6 +125,8 @@ def test_demos_train_eval_round_trip(capsys, tmp_path):
     result = json.loads(capsys.readouterr().out)
     assert result["episodes"] == 2 and result["updates"] == 4 and video.stat().st_size > 0
     assert set(result) >= {"return_mean", "return_std", "normalized_score", "expert_return"}
+    assert "plan_replaced_fraction" not in result
+    _fails(capsys, ["eval", str(run), "agent.lr=1.0"], "vmil eval cannot change agent.lr", "agent.behavior.plan_*")
     import imageio.v3 as iio
     frames = iio.imread(video)
     assert frames.shape[0] >= 2 and frames.shape[-1] == 3

@@ -19,7 +19,7 @@ from vmil.base import EnvSpec, Obs, SequenceBatch
 from vmil.config import ConfigError, resolve
 from vmil.nn import linear_schedule, weighted_sum
 from world_model import analysis
-from world_model.behavior import BehaviorConfig
+from world_model.behavior import BehaviorConfig, plan_action
 from world_model.model import ModelConfig
 
 SPEC = EnvSpec("toy:reach", (3, 64, 64), 2)
@@ -458,6 +458,33 @@ def test_deterministic_policy_acts_with_the_actor_average():
     assert not np.allclose(act(), first)
     assert "actor_critic" in agent.state_dict() and any(
         k.startswith("actor_avg.") for k in agent.state_dict()["actor_critic"])
+
+
+def test_deterministic_policy_plans_with_its_own_candidates_and_leaves_the_random_stream_alone():
+    """behavior.plan_candidates: the evaluation action is plan_action's over the fixed candidate set,
+    exploration is the actor's, and planning draws nothing from torch's global generator (so that
+    evaluations during training leave the training's draws as they were)."""
+    cfg = tiny_config(behavior=BehaviorConfig(horizon=3, units=16, actor_layers=1, critic_layers=1,
+                                              plan_candidates=8, plan_steps=2))
+    torch.manual_seed(0)
+    agent = vmil.build(cfg, SPEC, torch.device("cpu"), demo_info(False))
+    torch.manual_seed(0)
+    plain = vmil.build(tiny_config(), SPEC, torch.device("cpu"), demo_info(False))
+    assert agent._plan_set.shape == (8, 2) and agent._plan_set.abs().max() <= 1
+    frame = np.random.default_rng(1).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    rng = torch.get_rng_state()
+    action, (post, _) = agent.act(Obs(frame, None, True), None, explore=False)
+    assert torch.equal(torch.get_rng_state(), rng)
+    b = cfg.behavior
+    plan = plan_action(agent.wm.rssm, agent.ac.eval_actor(), agent.ac.bootstrap_critic(), agent._transition_reward,
+                       post, agent._plan_set, b.gamma, b.plan_steps)
+    assert np.allclose(action, plan.action[0].numpy()) and agent.plan_counts == {"steps": 1,
+                                                                                   "replaced": int(plan.replaced[0])}
+    torch.manual_seed(3)
+    explored = agent.act(Obs(frame, None, True), None, explore=True)[0]
+    torch.manual_seed(3)
+    assert np.allclose(explored, plain.act(Obs(frame, None, True), None, explore=True)[0])
+    assert agent.plan_counts["steps"] == 1
 
 
 def test_exploration_noise_halves_every_expl_decay_steps_down_to_expl_min():

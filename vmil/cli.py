@@ -234,7 +234,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vmil.evaluate import evaluate_checkpoint
 
-    _print_json(evaluate_checkpoint(args.path, args.episodes, video=args.video, device=args.device, seed=args.seed))
+    _print_json(evaluate_checkpoint(args.path, args.episodes, video=args.video, device=args.device, seed=args.seed,
+                                    overrides=args.overrides))
     return 0
 
 
@@ -406,6 +407,8 @@ def build_parser() -> Parser:
     v.add_argument("--video", help="write the first episode to this .mp4")
     v.add_argument("--device", default="cpu")
     v.add_argument("--seed", type=int, default=None, help="env seed (default: one training never used)")
+    v.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="acting settings only, e.g. agent.behavior.plan_candidates=64 (decision-time planning)")
     v.set_defaults(fn=cmd_eval)
 
     b = sub.add_parser("bench", help="timings (JSON on stdout)",

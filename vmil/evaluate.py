@@ -132,15 +132,21 @@ def write_video(frames: list[np.ndarray], path: str | Path, fps: int = 30) -> Pa
     return path
 
 
+# Settings ``vmil eval`` may change: they choose how the deterministic policy acts, not what was trained.
+EVAL_OVERRIDE_PREFIXES = ("agent.behavior.plan_",)
+
+
 def evaluate_checkpoint(path: str | Path, episodes: int, video: str | Path | None = None,
-                        device: str = "cpu", seed: int | None = None) -> dict[str, Any]:
+                        device: str = "cpu", seed: int | None = None,
+                        overrides: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """``vmil eval``: load a run directory's last checkpoint (or a checkpoint file), roll out the
-    deterministic policy on a fresh env and report returns."""
+    deterministic policy on a fresh env and report returns. ``overrides`` (``key=value``) may change
+    the acting settings in :data:`EVAL_OVERRIDE_PREFIXES`, e.g. turn on decision-time planning."""
     import torch
 
     from vmil import envs
     from vmil.checkpoint import load_checkpoint
-    from vmil.config import RunConfig, from_dict
+    from vmil.config import ConfigError, RunConfig, flatten, from_dict, merge, parse_override
     from vmil.nn import resolve_device, seed_everything
     from vmil.registry import algo_module
     from vmil.runner import EVAL_SEED_OFFSET, checkpoint_path, demo_info_from_meta
@@ -148,7 +154,15 @@ def evaluate_checkpoint(path: str | Path, episodes: int, video: str | Path | Non
     file = checkpoint_path(Path(path))
     payload = load_checkpoint(file)
     module = algo_module(payload["algo"])
-    cfg: RunConfig = from_dict(RunConfig, payload["config"], agent_cls=module.Config)
+    data = payload["config"]
+    for text in overrides:
+        change = parse_override(text)
+        keys = [key for key in flatten(change) if not key.startswith(EVAL_OVERRIDE_PREFIXES)]
+        if keys:
+            raise ConfigError(f"vmil eval cannot change {', '.join(keys)}: the checkpoint was trained with it; only "
+                              f"the acting settings {', '.join(p + '*' for p in EVAL_OVERRIDE_PREFIXES)} may change")
+        data = merge(data, change)
+    cfg: RunConfig = from_dict(RunConfig, data, agent_cls=module.Config)
     seed = cfg.seed + EVAL_SEED_OFFSET if seed is None else seed  # the training evaluations' env seed
     seed_everything(seed)
     dev = resolve_device(device)
@@ -165,6 +179,9 @@ def evaluate_checkpoint(path: str | Path, episodes: int, video: str | Path | Non
     out = {"checkpoint": str(file), "algo": payload["algo"], "env": cfg.env.id, "seed": seed,
            "env_steps": payload["counters"].get("env_steps", 0), "updates": payload["counters"].get("updates", 0),
            **result.summary(payload["meta"].get("expert_return"))}
+    counts = getattr(agent, "plan_counts", None)
+    if counts and counts["steps"]:
+        out["plan_replaced_fraction"] = counts["replaced"] / counts["steps"]
     if video:
         out["video"] = str(write_video(result.frames, video))
     return out

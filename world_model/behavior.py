@@ -77,6 +77,14 @@ class BehaviorConfig:
     lookahead_temperature: float = doc(
         0.1, "Softmax temperature over the candidates' values, in units of their standard deviation at that "
              "state (small: the best candidate).")
+    plan_candidates: int = doc(
+        0, "Decision-time planning for the deterministic (evaluation) policy: this many fixed candidate actions "
+           "(a scrambled Sobol set over [-1, 1]^A), and the actor's own first action, are each held for plan_steps "
+           "prior steps and scored r-sum + gamma^k V with D's reward and the critic; the best replaces the "
+           "actor's action where it beats the actor's own k-step rollout. Training and exploration are "
+           "unchanged. 0 acts with the actor alone (Dreamer / VMIL).")
+    plan_steps: int = doc(10, "Prior steps each planning candidate (and the actor's rollout it is compared with) "
+                              "runs before the critic bootstraps.")
     pre_tanh_reg: float = doc(0.0, "Weight of mean(pre-tanh actor mean^2) in the actor loss (0 in Dreamer / "
                               "VMIL). Keeps the policy out of tanh saturation, where its gradient vanishes.")
     actor_average: float = doc(
@@ -95,12 +103,14 @@ class BehaviorConfig:
             raise ConfigError(f"agent.behavior.gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"agent.behavior.lam must be in [0, 1], got {self.lam}")
-        for name in ("units", "slow_target_update", "lookahead_states", "lookahead_temperature", "lookahead_steps"):
+        for name in ("units", "slow_target_update", "lookahead_states", "lookahead_temperature", "lookahead_steps",
+                     "plan_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.behavior.{name} must be positive, got {getattr(self, name)}")
         if self.lookahead_candidates < 2:
             raise ConfigError(f"agent.behavior.lookahead_candidates must be >= 2, got {self.lookahead_candidates}")
-        for name in ("pre_tanh_reg", "entropy", "lookahead", "actor_lr_final", "actor_lr_anneal_steps"):
+        for name in ("pre_tanh_reg", "entropy", "lookahead", "actor_lr_final", "actor_lr_anneal_steps",
+                     "plan_candidates"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.behavior.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.actor_grad_mix <= 1.0:
@@ -268,29 +278,77 @@ def sample_states(states: State, n: int) -> State:
 
 
 @torch.no_grad()
+def rollout_value(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State,
+                  policy: Callable[[State], torch.Tensor], gamma: float, steps: int) -> torch.Tensor:
+    """q [N] of following ``policy`` (state -> action [N, A]) from states [N, ...] for ``steps``
+    deterministic prior steps: sum_t<steps gamma^t reward_fn(s_t, a_t, s_t+1) + gamma^steps value(s_steps)."""
+    if steps < 1:
+        raise ValueError(f"rollout_value: steps must be >= 1, got {steps}")
+    q = torch.zeros(state.deter.shape[0], device=state.deter.device)
+    for t in range(steps):
+        action = policy(state)
+        nxt = rssm.img_step(state, action, sample=False)
+        q = q + gamma ** t * reward_fn(state, action, nxt)
+        state = nxt
+    return q + gamma ** steps * value(rssm.feat(state))
+
+
+@torch.no_grad()
+def held_action_values(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State,
+                       candidates: torch.Tensor, gamma: float, steps: int) -> torch.Tensor:
+    """q [K, M] of candidate actions [K, M, A] at states [M, ...], each held for ``steps`` prior
+    steps (:func:`rollout_value`)."""
+    K, M, A = candidates.shape
+    if state.deter.shape[0] != M:
+        raise ValueError(f"{state.deter.shape[0]} states for candidates [K, M={M}, A]")
+    tiled = state.map(lambda x: x.unsqueeze(0).expand(K, *x.shape).reshape(K * M, *x.shape[1:]))
+    action = candidates.reshape(K * M, A)
+    return rollout_value(rssm, value, reward_fn, tiled, lambda _: action, gamma, steps).reshape(K, M)
+
+
+@torch.no_grad()
 def lookahead_targets(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State,
                       candidates: torch.Tensor, gamma: float, temperature: float, steps: int = 1
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Score candidate actions [K, M, A] at states [M, ...], each held for ``steps`` deterministic prior
     steps, q = sum_t<steps gamma^t reward_fn(s_t, a, s_t+1) + gamma^steps value(s_steps), and return
     their softmax(q / (temperature * std_K q))-weighted mean [M, A] with metrics."""
-    K, M, A = candidates.shape
-    if state.deter.shape[0] != M:
-        raise ValueError(f"lookahead: {state.deter.shape[0]} states for candidates [K, M={M}, A]")
     if steps < 1:
         raise ValueError(f"lookahead: steps must be >= 1, got {steps}")
-    current = state.map(lambda x: x.unsqueeze(0).expand(K, *x.shape).reshape(K * M, *x.shape[1:]))
-    action = candidates.reshape(K * M, A)
-    q = torch.zeros(K * M, device=action.device)
-    for t in range(steps):
-        nxt = rssm.img_step(current, action, sample=False)
-        q = q + gamma ** t * reward_fn(current, action, nxt)
-        current = nxt
-    q = (q + gamma ** steps * value(rssm.feat(current))).reshape(K, M)
+    q = held_action_values(rssm, value, reward_fn, state, candidates, gamma, steps)
     spread = q.std(0, keepdim=True).clamp(min=1e-6)
     weights = torch.softmax((q - q.max(0, keepdim=True).values) / (temperature * spread), 0)
     target = (weights.unsqueeze(-1) * candidates).sum(0)
     return target, {"lookahead_q_spread": spread.mean(), "lookahead_target_abs": target.abs().mean()}
+
+
+class Plan(NamedTuple):
+    """What :func:`plan_action` chose at each of M states: the action [M, A], the actor's own
+    rollout's value [M], the best held candidate's [M], and whether that candidate replaced the actor
+    [M] (bool)."""
+    action: torch.Tensor
+    q_actor: torch.Tensor
+    q_held: torch.Tensor
+    replaced: torch.Tensor
+
+
+@torch.no_grad()
+def plan_action(rssm: RSSM, actor: Actor, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn,
+                state: State, candidates: torch.Tensor, gamma: float, steps: int) -> Plan:
+    """Decision-time planning at states [M, ...]: the actor's deterministic rollout and each candidate
+    action [K, A] (and the actor's first action) held for ``steps`` prior steps are scored by
+    :func:`rollout_value`; a held candidate replaces the actor's action only where it scores higher."""
+    if candidates.dim() != 2 or candidates.shape[1] != actor.action_dim:
+        raise ValueError(f"plan candidates must be [K, A={actor.action_dim}], got {tuple(candidates.shape)}")
+    M = state.deter.shape[0]
+    own = actor.mode(rssm.feat(state))
+    held = torch.cat([own.unsqueeze(0), candidates.unsqueeze(1).expand(-1, M, -1)])
+    q_held = held_action_values(rssm, value, reward_fn, state, held, gamma, steps)
+    q_actor = rollout_value(rssm, value, reward_fn, state, lambda s: actor.mode(rssm.feat(s)), gamma, steps)
+    best = q_held.max(0)
+    replaced = best.values > q_actor
+    chosen = held[best.indices, torch.arange(M, device=own.device)]
+    return Plan(torch.where(replaced.unsqueeze(-1), chosen, own), q_actor, best.values, replaced)
 
 
 class ActorCritic(nn.Module):
