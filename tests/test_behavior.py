@@ -106,6 +106,12 @@ def test_plan_action_replaces_the_actor_only_where_a_held_candidate_scores_highe
     assert torch.equal(plan.replaced, replaced)
     best = torch.stack(held)[q_held.argmax(0), torch.arange(M)]
     assert torch.allclose(plan.action, torch.where(replaced[:, None], best, own))
+    gap = (q_held.max(0).values - q_actor)[replaced].detach()
+    assert gap.min() < gap.max(), "the fixture should replace the actor at states with different gaps"
+    margin = float(gap.min() + gap.max()) / 2
+    kept = plan_action(rssm, actor, v, reward_fn, start, cands, gamma, steps, margin)
+    assert torch.equal(kept.replaced, q_held.max(0).values > q_actor + margin) and 0 < int(kept.replaced.sum())
+    assert int(kept.replaced.sum()) < int(replaced.sum()), "a margin keeps the actor where the gap is small"
     with pytest.raises(ValueError, match="plan candidates must be"):
         plan_action(rssm, actor, v, reward_fn, start, cands[:, :1], gamma, steps)
     with pytest.raises(ConfigError, match="plan_steps must be positive"):

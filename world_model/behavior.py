@@ -85,6 +85,8 @@ class BehaviorConfig:
            "unchanged. 0 acts with the actor alone (Dreamer / VMIL).")
     plan_steps: int = doc(10, "Prior steps each planning candidate (and the actor's rollout it is compared with) "
                               "runs before the critic bootstraps.")
+    plan_margin: float = doc(0.0, "How much higher (in imagined return) the best held candidate must score than "
+                                  "the actor's rollout to replace its action.")
     pre_tanh_reg: float = doc(0.0, "Weight of mean(pre-tanh actor mean^2) in the actor loss (0 in Dreamer / "
                               "VMIL). Keeps the policy out of tanh saturation, where its gradient vanishes.")
     actor_average: float = doc(
@@ -110,7 +112,7 @@ class BehaviorConfig:
         if self.lookahead_candidates < 2:
             raise ConfigError(f"agent.behavior.lookahead_candidates must be >= 2, got {self.lookahead_candidates}")
         for name in ("pre_tanh_reg", "entropy", "lookahead", "actor_lr_final", "actor_lr_anneal_steps",
-                     "plan_candidates"):
+                     "plan_candidates", "plan_margin"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.behavior.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.actor_grad_mix <= 1.0:
@@ -334,10 +336,12 @@ class Plan(NamedTuple):
 
 @torch.no_grad()
 def plan_action(rssm: RSSM, actor: Actor, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn,
-                state: State, candidates: torch.Tensor, gamma: float, steps: int) -> Plan:
+                state: State, candidates: torch.Tensor, gamma: float, steps: int, margin: float = 0.0) -> Plan:
     """Decision-time planning at states [M, ...]: the actor's deterministic rollout and each candidate
     action [K, A] (and the actor's first action) held for ``steps`` prior steps are scored by
-    :func:`rollout_value`; a held candidate replaces the actor's action only where it scores higher."""
+    :func:`rollout_value`; a held candidate replaces the actor's action only where it scores more than
+    ``margin`` higher (the best of many noisy estimates is biased upwards, so a margin keeps the actor
+    where the two are close)."""
     if candidates.dim() != 2 or candidates.shape[1] != actor.action_dim:
         raise ValueError(f"plan candidates must be [K, A={actor.action_dim}], got {tuple(candidates.shape)}")
     M = state.deter.shape[0]
@@ -346,7 +350,7 @@ def plan_action(rssm: RSSM, actor: Actor, value: Callable[[torch.Tensor], torch.
     q_held = held_action_values(rssm, value, reward_fn, state, held, gamma, steps)
     q_actor = rollout_value(rssm, value, reward_fn, state, lambda s: actor.mode(rssm.feat(s)), gamma, steps)
     best = q_held.max(0)
-    replaced = best.values > q_actor
+    replaced = best.values > q_actor + margin
     chosen = held[best.indices, torch.arange(M, device=own.device)]
     return Plan(torch.where(replaced.unsqueeze(-1), chosen, own), q_actor, best.values, replaced)
 
