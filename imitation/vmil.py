@@ -346,7 +346,7 @@ class VMILAgent:
         elif self._plan_set is not None:
             b = self.cfg.behavior
             plan = plan_action(rssm, self.ac.eval_actor(), self.ac.bootstrap_critic(), self._transition_reward, post,
-                               self._plan_set, b.gamma, b.plan_steps, b.plan_margin)
+                               self._plan_set, b.gamma, b.plan_steps, b.plan_margin, b.plan_hold)
             action = plan.action
             self.plan_counts["steps"] += 1
             self.plan_counts["replaced"] += int(plan.replaced.sum())

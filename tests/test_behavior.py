@@ -112,6 +112,19 @@ def test_plan_action_replaces_the_actor_only_where_a_held_candidate_scores_highe
     kept = plan_action(rssm, actor, v, reward_fn, start, cands, gamma, steps, margin)
     assert torch.equal(kept.replaced, q_held.max(0).values > q_actor + margin) and 0 < int(kept.replaced.sum())
     assert int(kept.replaced.sum()) < int(replaced.sum()), "a margin keeps the actor where the gap is small"
+    # hold < steps: each candidate is held for `hold` steps, then the actor acts.
+    hold = 1
+    q_then = torch.stack([reference(lambda s, a=a, t=iter(range(steps)): a if next(t) < hold
+                                    else actor.mode(rssm.feat(s))) for a in held])
+    then = plan_action(rssm, actor, v, reward_fn, start, cands, gamma, steps, hold=hold)
+    assert torch.allclose(then.q_actor, q_actor, atol=1e-5) and torch.allclose(then.q_held, q_then.max(0).values,
+                                                                                  atol=1e-5)
+    assert torch.equal(then.replaced, q_then.max(0).values > then.q_actor)
+    assert not torch.allclose(q_then, q_held, atol=1e-3), "holding for one step should score differently"
+    with pytest.raises(ValueError, match="plan hold must be in"):
+        plan_action(rssm, actor, v, reward_fn, start, cands, gamma, steps, hold=steps + 1)
+    with pytest.raises(ConfigError, match="plan_hold .* must be at most plan_steps"):
+        BehaviorConfig(plan_steps=3, plan_hold=4)
     with pytest.raises(ValueError, match="plan candidates must be"):
         plan_action(rssm, actor, v, reward_fn, start, cands[:, :1], gamma, steps)
     with pytest.raises(ConfigError, match="plan_steps must be positive"):

@@ -128,6 +128,32 @@ def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any) -> Linea
     return LinearAgent(cfg, spec)
 
 
+class PlanningAgent:
+    """Acts deterministically and counts planner replacements the way VMIL's plan_counts does:
+    the actor's action is replaced at every third deterministic step."""
+
+    def __init__(self):
+        self.plan_counts = {"steps": 7, "replaced": 7}  # earlier evaluations, not counted again
+
+    def act(self, obs: Obs, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
+        if not explore:
+            self.plan_counts["replaced"] += self.plan_counts["steps"] % 3 == 1
+            self.plan_counts["steps"] += 1
+        return np.zeros(2, np.float32), None
+
+
+def test_evaluation_reports_the_planners_share_of_its_own_steps_only():
+    from vmil.evaluate import run_episodes
+
+    agent = PlanningAgent()
+    result = run_episodes(CountingEnv(length=5), agent, 1, episodes=3)  # steps 7..21; 7, 10, 13, 16, 19 replaced
+    assert result.plan_replaced_fraction == pytest.approx(5 / 15)
+    assert result.summary(None)["plan_replaced_fraction"] == pytest.approx(5 / 15)
+    assert run_episodes(CountingEnv(), agent, 1, 1, explore=True).plan_replaced_fraction is None
+    assert "plan_replaced_fraction" not in run_episodes(CountingEnv(), LinearAgent(Config(), CountingEnv().spec),
+                                                        2, 1).summary(None)
+
+
 def _expert_replay(env: CountingEnv, episodes: int = 2) -> Replay:
     from vmil.data.episode import EpisodeBuilder
 

@@ -18,6 +18,8 @@ class EvalResult:
     lengths: list[int]
     successes: list[bool] = field(default_factory=list)  # empty when the env reports no success flag
     frames: list[np.ndarray] = field(default_factory=list)  # HWC uint8 frames of the first episode(s)
+    # Of the deterministic steps, where a planning agent (VMIL's behavior.plan_*) replaced the actor's action.
+    plan_replaced_fraction: float | None = None
 
     @property
     def return_mean(self) -> float:
@@ -38,6 +40,8 @@ class EvalResult:
         }
         if self.successes:
             out["success_rate"] = float(np.mean(self.successes))
+        if self.plan_replaced_fraction is not None:
+            out["plan_replaced_fraction"] = self.plan_replaced_fraction
         return out
 
 
@@ -96,6 +100,7 @@ def run_episodes(env: Env, agent: Any, frame_stack: int, episodes: int, explore:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     stack = FrameStack(frame_stack)
     result = EvalResult(returns=[], lengths=[])
+    planned = dict(getattr(agent, "plan_counts", {}))
     for i in range(episodes):
         ts = env.reset()
         state = None
@@ -117,6 +122,10 @@ def run_episodes(env: Env, agent: Any, frame_stack: int, episodes: int, explore:
         result.lengths.append(length)
         if success is not None:
             result.successes.append(success)
+    if planned:
+        steps = agent.plan_counts["steps"] - planned["steps"]
+        if steps:
+            result.plan_replaced_fraction = (agent.plan_counts["replaced"] - planned["replaced"]) / steps
     return result
 
 
@@ -179,9 +188,6 @@ def evaluate_checkpoint(path: str | Path, episodes: int, video: str | Path | Non
     out = {"checkpoint": str(file), "algo": payload["algo"], "env": cfg.env.id, "seed": seed,
            "env_steps": payload["counters"].get("env_steps", 0), "updates": payload["counters"].get("updates", 0),
            **result.summary(payload["meta"].get("expert_return"))}
-    counts = getattr(agent, "plan_counts", None)
-    if counts and counts["steps"]:
-        out["plan_replaced_fraction"] = counts["replaced"] / counts["steps"]
     if video:
         out["video"] = str(write_video(result.frames, video))
     return out

@@ -368,11 +368,14 @@ class Runner:
                    "eval/length_mean": summary["length_mean"]}
         if summary["normalized_score"] is not None:
             metrics["eval/normalized_score"] = summary["normalized_score"]
-        if "success_rate" in summary:
-            metrics["eval/success_rate"] = summary["success_rate"]
+        for key in ("success_rate", "plan_replaced_fraction"):
+            if key in summary:
+                metrics[f"eval/{key}"] = summary[key]
         self.tracker.log_metrics(metrics, step)
         self.last_eval = {"step": step, **summary}
         score = f"  score {summary['normalized_score']:.2f}" if summary["normalized_score"] is not None else ""
+        if "plan_replaced_fraction" in summary:
+            score += f"  (planner replaced {summary['plan_replaced_fraction']:.0%} of the actions)"
         self._say(f"eval  {'update' if self.offline else 'step'} {step}  return {summary['return_mean']:.1f} "
                   f"± {summary['return_std']:.1f}{score}")
         self._bar.set_postfix(ret=f"{summary['return_mean']:.1f}")

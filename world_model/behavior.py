@@ -87,6 +87,8 @@ class BehaviorConfig:
                               "runs before the critic bootstraps.")
     plan_margin: float = doc(0.0, "How much higher (in imagined return) the best held candidate must score than "
                                   "the actor's rollout to replace its action.")
+    plan_hold: int = doc(0, "Prior steps each planning candidate is held before the actor acts for the rest of "
+                            "plan_steps (0: held for all of them).")
     pre_tanh_reg: float = doc(0.0, "Weight of mean(pre-tanh actor mean^2) in the actor loss (0 in Dreamer / "
                               "VMIL). Keeps the policy out of tanh saturation, where its gradient vanishes.")
     actor_average: float = doc(
@@ -112,9 +114,12 @@ class BehaviorConfig:
         if self.lookahead_candidates < 2:
             raise ConfigError(f"agent.behavior.lookahead_candidates must be >= 2, got {self.lookahead_candidates}")
         for name in ("pre_tanh_reg", "entropy", "lookahead", "actor_lr_final", "actor_lr_anneal_steps",
-                     "plan_candidates", "plan_margin"):
+                     "plan_candidates", "plan_margin", "plan_hold"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.behavior.{name} must be >= 0, got {getattr(self, name)}")
+        if self.plan_hold > self.plan_steps:
+            raise ConfigError(f"agent.behavior.plan_hold ({self.plan_hold}) must be at most plan_steps "
+                              f"({self.plan_steps})")
         if not 0.0 <= self.actor_grad_mix <= 1.0:
             raise ConfigError(f"agent.behavior.actor_grad_mix must be in [0, 1], got {self.actor_grad_mix}")
         if self.dist == "normal" and not 0 < self.min_std < self.max_std:
@@ -281,14 +286,14 @@ def sample_states(states: State, n: int) -> State:
 
 @torch.no_grad()
 def rollout_value(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State,
-                  policy: Callable[[State], torch.Tensor], gamma: float, steps: int) -> torch.Tensor:
-    """q [N] of following ``policy`` (state -> action [N, A]) from states [N, ...] for ``steps``
+                  policy: Callable[[int, State], torch.Tensor], gamma: float, steps: int) -> torch.Tensor:
+    """q [N] of following ``policy`` ((step, state) -> action [N, A]) from states [N, ...] for ``steps``
     deterministic prior steps: sum_t<steps gamma^t reward_fn(s_t, a_t, s_t+1) + gamma^steps value(s_steps)."""
     if steps < 1:
         raise ValueError(f"rollout_value: steps must be >= 1, got {steps}")
     q = torch.zeros(state.deter.shape[0], device=state.deter.device)
     for t in range(steps):
-        action = policy(state)
+        action = policy(t, state)
         nxt = rssm.img_step(state, action, sample=False)
         q = q + gamma ** t * reward_fn(state, action, nxt)
         state = nxt
@@ -297,15 +302,21 @@ def rollout_value(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], rew
 
 @torch.no_grad()
 def held_action_values(rssm: RSSM, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn, state: State,
-                       candidates: torch.Tensor, gamma: float, steps: int) -> torch.Tensor:
-    """q [K, M] of candidate actions [K, M, A] at states [M, ...], each held for ``steps`` prior
-    steps (:func:`rollout_value`)."""
+                       candidates: torch.Tensor, gamma: float, steps: int, hold: int | None = None,
+                       then: Callable[[State], torch.Tensor] | None = None) -> torch.Tensor:
+    """q [K, M] of candidate actions [K, M, A] at states [M, ...], each held for ``hold`` (default: all
+    ``steps``) prior steps, after which ``then`` (state -> action) acts for the rest (:func:`rollout_value`)."""
     K, M, A = candidates.shape
     if state.deter.shape[0] != M:
         raise ValueError(f"{state.deter.shape[0]} states for candidates [K, M={M}, A]")
+    hold = steps if hold is None else hold
+    if not 1 <= hold <= steps or (hold < steps and then is None):
+        raise ValueError(f"held_action_values: hold must be in [1, steps={steps}], and below steps only with a "
+                         f"policy to follow, got hold={hold}")
     tiled = state.map(lambda x: x.unsqueeze(0).expand(K, *x.shape).reshape(K * M, *x.shape[1:]))
     action = candidates.reshape(K * M, A)
-    return rollout_value(rssm, value, reward_fn, tiled, lambda _: action, gamma, steps).reshape(K, M)
+    policy = lambda t, s: action if t < hold else then(s)  # noqa: E731
+    return rollout_value(rssm, value, reward_fn, tiled, policy, gamma, steps).reshape(K, M)
 
 
 @torch.no_grad()
@@ -336,19 +347,26 @@ class Plan(NamedTuple):
 
 @torch.no_grad()
 def plan_action(rssm: RSSM, actor: Actor, value: Callable[[torch.Tensor], torch.Tensor], reward_fn: RewardFn,
-                state: State, candidates: torch.Tensor, gamma: float, steps: int, margin: float = 0.0) -> Plan:
+                state: State, candidates: torch.Tensor, gamma: float, steps: int, margin: float = 0.0,
+                hold: int = 0) -> Plan:
     """Decision-time planning at states [M, ...]: the actor's deterministic rollout and each candidate
-    action [K, A] (and the actor's first action) held for ``steps`` prior steps are scored by
-    :func:`rollout_value`; a held candidate replaces the actor's action only where it scores more than
-    ``margin`` higher (the best of many noisy estimates is biased upwards, so a margin keeps the actor
-    where the two are close)."""
+    action [K, A] (and the actor's first action) held for ``hold`` prior steps (0: all ``steps``), the
+    actor acting for the rest, are scored by :func:`rollout_value`; a held candidate replaces the
+    actor's action only where it scores more than ``margin`` higher (the best of many noisy estimates
+    is biased upwards, so a margin keeps the actor where the two are close)."""
     if candidates.dim() != 2 or candidates.shape[1] != actor.action_dim:
         raise ValueError(f"plan candidates must be [K, A={actor.action_dim}], got {tuple(candidates.shape)}")
+    if not 0 <= hold <= steps:
+        raise ValueError(f"plan hold must be in [0, steps={steps}], got {hold}")
     M = state.deter.shape[0]
-    own = actor.mode(rssm.feat(state))
+    act = lambda s: actor.mode(rssm.feat(s))  # noqa: E731
+    own = act(state)
     held = torch.cat([own.unsqueeze(0), candidates.unsqueeze(1).expand(-1, M, -1)])
-    q_held = held_action_values(rssm, value, reward_fn, state, held, gamma, steps)
-    q_actor = rollout_value(rssm, value, reward_fn, state, lambda s: actor.mode(rssm.feat(s)), gamma, steps)
+    q_held = held_action_values(rssm, value, reward_fn, state, held, gamma, steps, hold or steps, act)
+    if 0 < hold < steps:  # the actor's own first action, then the actor: that is the actor's rollout
+        q_actor = q_held[0]
+    else:
+        q_actor = rollout_value(rssm, value, reward_fn, state, lambda _, s: act(s), gamma, steps)
     best = q_held.max(0)
     replaced = best.values > q_actor + margin
     chosen = held[best.indices, torch.arange(M, device=own.device)]
