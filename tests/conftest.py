@@ -46,3 +46,14 @@ def toy_demos_obs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def record_demos():
     """The demo recorder above, for tests that need their own demos."""
     return record_toy_demos
+
+
+@pytest.fixture(autouse=True)
+def _restore_dense_backend():
+    """A run sets the process's dense backend from its config ("auto" differs by CPU vendor); each
+    test starts from the library's default, whatever the tests before it built."""
+    from vmil.dense import dense_backend, set_dense_backend
+
+    before = dense_backend()
+    yield
+    set_dense_backend(before)

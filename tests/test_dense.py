@@ -57,8 +57,19 @@ def test_small_products_and_the_blas_backend_keep_f_linear_bit_for_bit():
     assert routes_to_onednn(narrow, w)
     torch.set_num_threads(1)
     assert not routes_to_onednn(narrow, w), "one thread: torch runs the 1x1 conv on its BLAS path anyway"
-    with pytest.raises(ValueError, match="onednn"):
+    with pytest.raises(ValueError, match="one of \\('auto', 'onednn', 'blas'\\)"):
         dense.set_dense_backend("mkl")
+
+
+def test_auto_backend_is_the_blas_on_intel_and_onednn_elsewhere(monkeypatch):
+    assert dense.machine_dense_backend("GenuineIntel") == "blas"
+    assert dense.machine_dense_backend("AuthenticAMD") == "onednn"
+    assert dense.machine_dense_backend("") == "onednn", "unknown vendors keep the routing"
+    for vendor, backend in (("GenuineIntel", "blas"), ("AuthenticAMD", "onednn")):
+        monkeypatch.setattr(dense, "cpu_vendor", lambda vendor=vendor: vendor)
+        with using_dense_backend("auto"):
+            assert dense.dense_backend() == backend
+        assert dense.dense_backend() == "onednn"
 
 
 def test_function_gradients_and_second_derivatives_in_float64(monkeypatch):

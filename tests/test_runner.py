@@ -351,15 +351,23 @@ def test_build_run_refuses_an_existing_run(tmp_path, toy_demos):
         resume_run(tmp_path)
 
 
-def test_run_sets_the_dense_backend_and_names_the_valid_ones(tmp_path, toy_demos):
+def test_run_sets_the_dense_backend_and_names_the_valid_ones(tmp_path, toy_demos, monkeypatch):
     from imitation.bc import Config as BCConfig
     from vmil.dense import dense_backend, using_dense_backend
 
-    with pytest.raises(ConfigError, match="'onedn' is not one of \\['onednn', 'blas'\\].*onednn"):
+    with pytest.raises(ConfigError, match="'onedn' is not one of \\['auto', 'onednn', 'blas'\\].*onednn"):
         resolve("bc", BCConfig, "toy:reach", "smoke", ["dense_backend=onedn"])
     cfg = resolve("bc", BCConfig, "toy:reach", "smoke", ["dense_backend=blas"])
     with using_dense_backend("onednn"):
         build_run(cfg, toy_demos, tmp_path / "run", tracking_uri="none", quiet=True).close()
+        assert dense_backend() == "blas"
+    # The default picks by the CPU's vendor.
+    import vmil.dense
+    default = resolve("bc", BCConfig, "toy:reach", "smoke")
+    assert default.dense_backend == "auto"
+    monkeypatch.setattr(vmil.dense, "cpu_vendor", lambda: "GenuineIntel")
+    with using_dense_backend("onednn"):
+        build_run(default, toy_demos, tmp_path / "intel", tracking_uri="none", quiet=True).close()
         assert dense_backend() == "blas"
 
 

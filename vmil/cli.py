@@ -436,9 +436,9 @@ def build_parser() -> Parser:
     b.add_argument("--heap", default=None, choices=("retain", "default", "compare"),
                    help="vmil: reuse freed host memory as training does (retain, the default), leave the C "
                         "library's default, or time both in one process (compare)")
-    b.add_argument("--dense", default=None, choices=("onednn", "blas", "compare"),
-                   help="vmil: large dense layers on oneDNN as training does (onednn, the default), on torch's "
-                        "BLAS, or time both in one process (compare)")
+    b.add_argument("--dense", default=None, choices=("auto", "onednn", "blas", "compare"),
+                   help="vmil: large dense layers as training does by default (auto: the BLAS on Intel CPUs, "
+                        "oneDNN elsewhere), on oneDNN, on torch's BLAS, or time both in one process (compare)")
     b.set_defaults(fn=cmd_bench)
 
     z = sub.add_parser("viz", help="visualisations")

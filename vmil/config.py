@@ -102,9 +102,11 @@ class RunConfig:
     threads: int = doc(0, "torch CPU threads; 0 keeps torch's default.")
     retain_host_memory: bool = doc(True, "Reuse freed CPU memory from the process heap instead of unmapping "
                                    "it (Linux glibc; saves the page faults of every large activation).")
-    dense_backend: Literal["onednn", "blas"] = doc(
-        "onednn", "Library for large fp32 CPU dense layers: oneDNN (up to 2x faster where the BLAS, MKL, runs "
-        "its AVX2 kernels on AVX-512 AMD CPUs) or torch's BLAS; results differ only in float rounding.")
+    dense_backend: Literal["auto", "onednn", "blas"] = doc(
+        "auto", "Library for large fp32 CPU dense layers (with more than one thread): oneDNN (up to 2x faster "
+        "where the BLAS, MKL, runs its AVX2 kernels on AVX-512 AMD CPUs) or torch's BLAS (1.02-1.13x faster "
+        "on an Intel Xeon); auto: the BLAS on Intel CPUs, oneDNN elsewhere. Results differ only in float "
+        "rounding.")
     env: EnvConfig = doc(EnvConfig(), "Environment.")
     replay: ReplayConfig = doc(ReplayConfig(), "Replay storage.")
     train: TrainConfig = doc(TrainConfig(), "Training schedule.")

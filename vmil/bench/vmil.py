@@ -26,7 +26,7 @@ from vmil.dense import dense_backend, onednn_matmul_t, set_dense_backend, using_
 
 
 HEAP_MODES = ("retain", "default", "compare")
-DENSE_MODES = ("onednn", "blas", "compare")
+DENSE_MODES = ("auto", "onednn", "blas", "compare")
 
 
 def _sync(device: torch.device) -> None:
@@ -96,7 +96,7 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
                updates: int = 5, warmup: int = 1, device: str = "cpu", threads: int = 0, amp: str = "none",
                compile: bool = False, action_dim: int = 6, count_flops: bool = True,
                overrides: tuple[str, ...] = (), peak_seconds: float = 1.0, image_size: int | None = None,
-               heap: str = "retain", dense: str = "onednn") -> dict[str, Any]:
+               heap: str = "retain", dense: str = "auto") -> dict[str, Any]:
     """Time ``updates`` full VMIL updates (after ``warmup``) at a preset's model sizes; the median
     update gives ``ms_per_update`` and the FLOP rate, ``parts`` (ms) are means over the updates, with
     each part's FLOPs in ``parts_gflop`` and its rate in ``parts_gflops``.
@@ -106,8 +106,9 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
     ``compile`` wraps them in torch.compile. ``heap``: 'retain' reuses freed host memory as training
     does (``retain_host_memory``), 'default' leaves the C library's default, 'compare' times the
     updates under the default first, then retained, in this one process (``heap_speedup``). ``dense``:
-    'onednn' runs the large dense layers on oneDNN as training does (``run.dense_backend``), 'blas'
-    on torch's BLAS, 'compare' times the BLAS first, then oneDNN (``dense_speedup``)."""
+    'auto' runs the large dense layers as training does by default (``run.dense_backend``: the BLAS on
+    Intel CPUs, oneDNN elsewhere), 'onednn' / 'blas' on that library, 'compare' times the BLAS first,
+    then oneDNN (``dense_speedup``)."""
     from imitation import vmil
     from vmil.config import resolve
     from vmil.nn import resolve_device, retain_freed_host_memory
@@ -125,7 +126,7 @@ def bench_vmil(preset: str = "paper", batch: int | None = 16, seq: int | None = 
         raise ValueError(f"dense must be one of {DENSE_MODES}, got {dense!r}")
     if heap == "compare" and dense == "compare":
         raise ValueError("compare one thing per run: heap='compare' or dense='compare', not both")
-    with using_dense_backend("blas" if dense == "blas" else "onednn"):
+    with using_dense_backend("onednn" if dense == "compare" else dense):
         if threads > 0:
             torch.set_num_threads(threads)
         heap_retained = heap == "retain" and retain_freed_host_memory()
