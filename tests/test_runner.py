@@ -238,6 +238,22 @@ def test_runner_schedule_frame_stacks_and_outputs(tmp_path):
     assert (tmp_path / "config.yaml").is_file()
 
 
+def test_runner_logs_the_planners_share_of_each_evaluation(tmp_path):
+    runner, agent, tracker = _fake_runner(tmp_path, _run_config())
+    planner = PlanningAgent()
+    agent.plan_counts = planner.plan_counts
+
+    def act(obs: Obs, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
+        planner.act(obs, state, explore)
+        return LinearAgent.act(agent, obs, state, explore)
+
+    agent.act = act
+    runner.run()
+    runner.close()
+    # Two evaluations of 2 episodes x 5 steps from step 7: 7, 10, 13, 16 of 7..16, then 19, 22, 25 of 17..26.
+    assert tracker.history("eval/plan_replaced_fraction") == [(20, pytest.approx(0.4)), (40, pytest.approx(0.3))]
+
+
 def test_pretrain_burst_runs_once_before_the_first_round_and_not_again_on_resume(tmp_path):
     rounds = [s for s in range(1, 41) if s >= 10 and s % 3 == 0]
     runner, agent, _ = _fake_runner(tmp_path / "a", _run_config(pretrain_updates=5))
