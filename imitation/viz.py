@@ -253,7 +253,7 @@ def load_patch_run(run_dir: str | Path, device: str = "cpu") -> PatchRun:
     from vmil.config import RunConfig, from_dict
     from vmil.nn import resolve_device
     from vmil.registry import algo_module
-    from vmil.runner import checkpoint_path
+    from vmil.rundir import checkpoint_path
 
     run_dir = Path(run_dir)
     payload = load_checkpoint(checkpoint_path(run_dir))

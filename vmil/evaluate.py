@@ -158,7 +158,7 @@ def evaluate_checkpoint(path: str | Path, episodes: int, video: str | Path | Non
     from vmil.config import ConfigError, RunConfig, flatten, from_dict, merge, parse_override
     from vmil.nn import resolve_device, seed_everything
     from vmil.registry import algo_module
-    from vmil.runner import EVAL_SEED_OFFSET, checkpoint_path, demo_info_from_meta
+    from vmil.rundir import EVAL_SEED_OFFSET, checkpoint_path, demo_info_from_meta
 
     file = checkpoint_path(Path(path))
     payload = load_checkpoint(file)

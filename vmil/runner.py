@@ -25,15 +25,9 @@ from vmil.base import BatchRequest, Env
 from vmil.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vmil.config import ConfigError, RunConfig, flatten, save_yaml, to_dict
 from vmil.evaluate import FrameStack, normalized_score, observe, run_episodes, write_video
+from vmil.rundir import (CHECKPOINT_FILE, CONFIG_FILE, EPISODE_DIR, EVAL_SEED_OFFSET, RUN_FILE, SUMMARY_FILE,  # noqa: F401
+                         checkpoint_path, demo_info_from_meta)
 from vmil.tracking import DEFAULT_URI, Tracker, make_tracker
-
-CONFIG_FILE = "config.yaml"
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
-EPISODE_DIR = "episodes"
-CHECKPOINT_FILE = "checkpoints/last.pt"
-EVAL_SEED_OFFSET = 1_000_003  # eval env seed = run seed + this (also `vmil eval`'s default)
-
 
 class RunError(ValueError):
     """A run directory is missing, holds no run, or already holds one."""
@@ -41,31 +35,6 @@ class RunError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive updates had non-finite losses or gradients."""
-
-
-def checkpoint_path(path: Path) -> Path:
-    """A checkpoint file, or a run directory's last checkpoint."""
-    if path.is_dir():
-        file = path / CHECKPOINT_FILE
-        if not file.is_file():
-            raise CheckpointError(f"{path}: no checkpoint in this directory (expected {file})")
-        return file
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run directory or checkpoint file")
-    return path
-
-
-def demo_info_from_meta(meta: dict[str, Any]):
-    """The demos' summary stored in a checkpoint (JSON), or None."""
-    raw = meta.get("demo_info")
-    if not raw:
-        return None
-    from vmil.data.episode import DemoInfo
-
-    data = json.loads(raw)
-    for key in ("lengths", "returns", "obs_shape"):
-        data[key] = tuple(data[key])
-    return DemoInfo(**data)
 
 
 class Runner:

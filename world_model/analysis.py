@@ -1,10 +1,12 @@
-"""What the latent-rollout notebook calls: load a VMIL run (or train a smoke one), turn episodes into
-sequence batches, discriminator reward along a trajectory, the actor's imagined rollouts decoded to
-frames, open-loop prediction strips (what :meth:`imitation.vmil.VMILAgent.visualize` logs at each
-evaluation), and a reward plot."""
+"""What the latent-rollout notebook draws: episodes as sequence batches, the discriminator's reward
+along a trajectory, the actor's imagined rollouts decoded to frames, open-loop prediction strips
+(what VMIL's ``visualize`` logs at each evaluation), and a reward plot.
+
+The functions take a trained agent (duck-typed: its world model ``wm``, actor, discriminator and
+batch helpers) and import no imitation method, so imitation methods may import this module.
+:func:`vmil.analysis.load_run` loads a run's agent."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,53 +17,6 @@ from vmil.base import EnvSpec, SequenceBatch
 from world_model.behavior import imagine
 from world_model.networks import preprocess_image
 from world_model.viz import frame_grid, openloop_strip
-
-
-def train_smoke_run(out_dir: str | Path, env_id: str = "toy:reach", episodes: int = 3, preset: str = "smoke",
-                    overrides: tuple[str, ...] = ()) -> Path:
-    """Record observation-only scripted demos and train VMIL briefly; returns the run directory."""
-    from imitation import vmil
-    from vmil.config import resolve
-    from vmil.demos import record
-    from vmil.runner import build_run
-
-    out_dir = Path(out_dir)
-    cfg = resolve("vmil", vmil.Config, env_id, preset, list(overrides) + ["train.video=false"])
-    demos = out_dir / "demos"
-    if not any(demos.glob("*.npz")):
-        record(env_id, "scripted", episodes, demos, image_size=cfg.env.image_size,
-               action_repeat=cfg.env.action_repeat, max_episode_steps=cfg.env.max_episode_steps, quiet=True)
-    run_dir = out_dir / "run"
-    runner = build_run(cfg, demos, run_dir, tracking_uri=None, quiet=True)
-    runner.run()
-    runner.close()
-    return run_dir
-
-
-def load_vmil_run(run_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
-    """The trained agent of a VMIL run directory with its config, env spec and demo directory:
-    ``{"agent", "config", "spec", "demos", "episodes"}`` (``episodes``: the agent's stored episodes)."""
-    from imitation import vmil
-    from vmil import envs
-    from vmil.checkpoint import load_checkpoint
-    from vmil.config import RunConfig, from_dict
-    from vmil.nn import resolve_device
-    from vmil.runner import checkpoint_path, demo_info_from_meta
-
-    run_dir = Path(run_dir)
-    payload = load_checkpoint(checkpoint_path(run_dir))
-    if payload["algo"] != "vmil":
-        raise ValueError(f"{run_dir} is a {payload['algo']} run; the latent-rollout views need a vmil run")
-    cfg: RunConfig = from_dict(RunConfig, payload["config"], agent_cls=vmil.Config)
-    env = envs.make(cfg.env.id, image_size=cfg.env.image_size, action_repeat=cfg.env.action_repeat,
-                    grayscale=cfg.env.grayscale, max_episode_steps=cfg.env.max_episode_steps, render=False)
-    spec = env.spec
-    env.close()
-    agent = vmil.build(cfg.agent, spec, resolve_device(device), demo_info_from_meta(payload["meta"]))
-    agent.load_state_dict(payload["agent"])
-    info = json.loads((run_dir / "run.json").read_text())
-    return {"agent": agent, "config": cfg, "spec": spec, "demos": Path(info["demos"]),
-            "episodes": run_dir / "episodes"}
 
 
 def episode_batch(directory: str | Path, spec: EnvSpec, index: int = 0, length: int = 0) -> SequenceBatch:
@@ -136,16 +91,13 @@ def openloop_strips(agent: Any, batches: dict[str, SequenceBatch | None], sequen
 def reward_along(agent: Any, batch: SequenceBatch) -> np.ndarray:
     """A VMIL agent's discriminator reward [B, T-1] for each posterior transition of a batch of
     sequences (expert actions inferred as in training when the batch has none)."""
-    from imitation.latent_discriminator import reward_from_logit
-
     b = agent.slice_batch(batch, batch.obs.shape[0], batch.obs.shape[1])
     wm = agent.wm
     embed = wm.encode(preprocess_image(b.obs), agent.proprio(b))
     action = agent.sequence_actions(b, embed)
     post, _ = wm.rssm.observe(embed, action, b.is_first, sample=False)
     z = agent.disc_features(post)
-    logit = agent.disc.transition_logit(z[:, :-1], action[:, 1:], z[:, 1:])
-    return reward_from_logit(logit, agent.cfg.disc.reward, agent.cfg.disc.reward_scale).cpu().numpy()
+    return agent._reward(z[:, :-1], action[:, 1:], z[:, 1:]).cpu().numpy()  # the reward the actor maximises
 
 
 @torch.no_grad()

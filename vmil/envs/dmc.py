@@ -215,8 +215,3 @@ def make(task: str, *, image_size: int = 64, action_repeat: int = 2, seed: int =
                   fast_render=fast_render, grayscale=grayscale, max_episode_steps=max_episode_steps,
                   render=render, proprio=proprio)
 
-
-def scripted_expert(env: DMCEnv):
-    from vmil.experts.scripted import dmc_expert
-
-    return dmc_expert(env)

@@ -164,8 +164,3 @@ def make(task: str, *, image_size: int = 64, action_repeat: int = 1, seed: int =
                     seed=seed, grayscale=grayscale, max_episode_steps=max_episode_steps, render=render,
                     proprio=proprio)
 
-
-def scripted_expert(env: ToyReach):
-    from vmil.experts.scripted import ToyReachExpert
-
-    return ToyReachExpert(env)

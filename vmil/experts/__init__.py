@@ -17,6 +17,12 @@ import numpy as np
 from vmil.base import TimeStep
 
 KINDS = ("scripted", "mpc")
+# Families whose scripted expert lives in vmil.experts.scripted (module, factory); the others define
+# ``scripted_expert(env)`` in their own env module (so no env module imports these experts).
+SCRIPTED: dict[str, tuple[str, str]] = {
+    "toy": ("vmil.experts.scripted", "ToyReachExpert"),
+    "dmc": ("vmil.experts.scripted", "dmc_expert"),
+}
 
 
 @runtime_checkable
@@ -75,7 +81,11 @@ def make_expert(kind: str, env: Any, **options: Any) -> Expert:
     options = check_expert_options(kind, options)
     if kind in KINDS:
         family = _family(env)
-        factory = getattr(family_module(family), f"{kind}_expert", None)
+        if kind == "scripted" and family in SCRIPTED:
+            module, name = SCRIPTED[family]
+            factory = getattr(importlib.import_module(module), name)
+        else:
+            factory = getattr(family_module(family), f"{kind}_expert", None)
         if factory is None:
             raise ValueError(f"env family '{family}' has no {kind} expert; use a SAC checkpoint path instead "
                              f"(train one with `vmil expert train --env {env.spec.env_id}`)")
