@@ -203,7 +203,7 @@ def test_bad_contents(tmp_path, key, value, match):
 
 @pytest.mark.parametrize("spec,match", [
     (EnvSpec("toy:reach", (3, 16, 16), 2, state_dim=3, action_repeat=2), r"C,H,W=\(3, 8, 8\).*\(3, 16, 16\)"),
-    (EnvSpec("toy:reach", (1, 8, 8), 2, state_dim=3, action_repeat=2), r"\(1, 8, 8\); record the demos with the same"),
+    (EnvSpec("toy:reach", (1, 16, 16), 2, state_dim=3, action_repeat=2), r"\(1, 16, 16\); record the demos at 16x16 or larger"),
     (EnvSpec("toy:reach", (3, 8, 8), 6, state_dim=3, action_repeat=2), "dimension 2 but env toy:reach has action_dim 6"),
     (EnvSpec("toy:reach", (3, 8, 8), 2, discrete=True, state_dim=3, action_repeat=2), "continuous actions"),
     (EnvSpec("toy:reach", (3, 8, 8), 2, state_dim=4, action_repeat=2), "state_dim 4"),

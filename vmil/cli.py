@@ -126,6 +126,12 @@ def _env_settings_for(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"image_size": env.image_size, "action_repeat": env.action_repeat,
                                 "grayscale": env.grayscale, "camera": env.camera or None,
                                 "fast_render": env.fast_render, "proprio": env.proprio}
+    if not args.algo:
+        # Without --algo, demos serve every algorithm: the largest image size any of them resolves to
+        # (smaller runs resize on load), in colour unless every one of them is grayscale.
+        from vmil.demos import serving_env_settings
+
+        settings.update(serving_env_settings(args.env, args.preset))
     for key in ("image_size", "action_repeat", "camera", "proprio"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
@@ -169,6 +175,14 @@ def cmd_demos_inspect(args: argparse.Namespace) -> int:
         _print_json(dataclasses.asdict(info))
     else:
         print(format_demo_info(info))
+    return 0
+
+
+def cmd_demos_convert(args: argparse.Namespace) -> int:
+    from vmil.data.episode import format_demo_info
+    from vmil.demos import convert
+
+    print(format_demo_info(convert(args.dir, args.out, args.image_size, grayscale=args.grayscale)))
     return 0
 
 
@@ -340,7 +354,7 @@ def build_parser() -> Parser:
     e.set_defaults(fn=cmd_envs_show)
 
     s = sub.add_parser("demos", help="record and inspect expert demonstrations")
-    demos = s.add_subparsers(dest="demos_command", metavar="{record,inspect}", parser_class=Parser, required=True)
+    demos = s.add_subparsers(dest="demos_command", metavar="{record,convert,inspect}", parser_class=Parser, required=True)
     r = demos.add_parser("record", help="record expert episodes (observation-only unless --keep-actions)",
                          description="Env settings (image size, action repeat, camera, grayscale, proprio) "
                                      "come from the same config resolution as `vmil train` (configs/env/"
@@ -354,7 +368,9 @@ def build_parser() -> Parser:
     actions.add_argument("--no-actions", dest="keep_actions", action="store_false",
                          help="observation-only demos (the default)")
     r.add_argument("--algo", help="take the env settings from this algorithm's resolved config (e.g. "
-                                  "image size 64 for vmil, 84 for patchail), as `vmil train --algo` will")
+                                  "image size 64 for vmil, 84 for patchail), as `vmil train --algo` will; "
+                                  "default: settings that serve every algorithm (the largest image size, "
+                                  "resized on load for the others)")
     r.add_argument("--preset", default="cpu", help="preset whose env settings to use (default: cpu)")
     r.add_argument("--image-size", type=int, default=None, help="square frame size (default: the config's)")
     r.add_argument("--action-repeat", type=int, default=None, help="default: the config's (env family yaml)")
@@ -369,6 +385,13 @@ def build_parser() -> Parser:
                         "sigma=0.9 beta=0.6 threads=1 seed=0 timestep=0.005 (planning physics step; null: "
                         "the env's). Cost per step grows with samples x horizon")
     r.set_defaults(fn=cmd_demos_record)
+    cv = demos.add_parser("convert", help="write demos at a smaller image size (area interpolation) and/or "
+                                          "in grayscale, as loading does on the fly")
+    cv.add_argument("dir")
+    cv.add_argument("--image-size", type=int, required=True, help="square frame size (<= the demos' size)")
+    cv.add_argument("--grayscale", action="store_true", help="one luminance channel")
+    cv.add_argument("--out", required=True, help="new directory for the converted episodes")
+    cv.set_defaults(fn=cmd_demos_convert)
     i = demos.add_parser("inspect", help="episodes, lengths, returns, shapes, actions, metadata")
     i.add_argument("dir")
     i.add_argument("--json", action="store_true")

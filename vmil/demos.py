@@ -72,3 +72,56 @@ def inspect(directory: str | Path) -> Any:
     from vmil.data.episode import demo_info, load_episodes
 
     return demo_info(load_episodes(directory), directory)
+
+
+def convert(directory: str | Path, out: str | Path, image_size: int, grayscale: bool = False,
+            quiet: bool | None = None) -> Any:
+    """Write ``directory``'s episodes to ``out`` at ``image_size`` (area interpolation; only shrinking)
+    and, with ``grayscale``, as one luminance channel: what loading does on the fly, done once.
+    Returns the new demos' :class:`DemoInfo`."""
+    from tqdm import tqdm
+
+    from vmil.data.episode import adaptable, convert_episode, demo_info, episode_paths, load_episode, save_episode
+
+    out = Path(out)
+    paths = episode_paths(directory)
+    if out.resolve() == Path(directory).resolve():
+        raise DemosError(f"--out {out} is the source directory; write the converted demos to a new one")
+    if out.is_dir() and any(out.glob("*.npz")):
+        raise DemosError(f"{out} already holds episodes; choose another --out or delete them first")
+    if image_size < 1:
+        raise DemosError(f"--image-size must be >= 1, got {image_size}")
+    converted = []
+    quiet = (not sys.stderr.isatty()) if quiet is None else quiet
+    for path in tqdm(paths, desc="convert", unit="ep", disable=quiet):
+        ep = load_episode(path)
+        c, h, w = ep.obs.shape[1:]
+        target = (1 if grayscale else c, image_size, image_size)
+        if tuple(ep.obs.shape[1:]) != target:
+            if not adaptable(ep.obs.shape[1:], target):
+                why = (f"frames are {h}x{w}, smaller than {image_size}x{image_size} (demos are only shrunk; "
+                       f"record them at {image_size} or larger)") if min(h, w) < image_size else (
+                    f"{c}-channel frames cannot become {target[0]}-channel ones")
+                raise DemosError(f"{path}: {why}")
+            ep = convert_episode(ep, target)
+        save_episode(ep, out / path.name)
+        converted.append(ep)
+    return demo_info(converted, out)
+
+
+def serving_env_settings(env_id: str, preset: str = "cpu") -> dict[str, Any]:
+    """Recording settings whose demos serve every algorithm on ``env_id`` under ``preset``: the
+    largest image size any algorithm resolves to (the others resize on load) and colour unless all
+    of them are grayscale (colour demos are converted on load)."""
+    from vmil.config import ConfigError, resolve
+    from vmil.registry import ALGOS, algo_module
+
+    envs = []
+    for algo in ALGOS:
+        try:
+            envs.append(resolve(algo, algo_module(algo).Config, env_id, preset).env)
+        except (ConfigError, ImportError):
+            continue  # an algorithm that does not run on this env
+    if not envs:
+        return {}
+    return {"image_size": max(e.image_size for e in envs), "grayscale": all(e.grayscale for e in envs)}

@@ -164,8 +164,8 @@ def check_compatible(ep: Episode, spec: EnvSpec, where: str, allow_env_mismatch:
                    and not (env_c == 1 and c == 3))
         hint = (f"; they look like stacks of {c // env_c} frames: store single frames, the replay stacks "
                 "them (agent.frame_stack)") if stacked else (
-            "; record the demos with the same image size/grayscale setting, or set env.image_size/"
-            "env.grayscale to match")
+            f"; record the demos at {spec.obs_shape[1]}x{spec.obs_shape[2]} or larger (larger and colour demos "
+            "are resized / converted to grayscale on load), or set env.image_size/env.grayscale to match")
         fail(f"frames are C,H,W={shape} but env {spec.env_id} gives {tuple(spec.obs_shape)}{hint}")
     if ep.action is not None:
         if ep.discrete != spec.discrete:
@@ -390,8 +390,90 @@ def load_episode(path: str | os.PathLike, spec: EnvSpec | None = None, *,
     ep = Episode(obs=arrays["obs"], action=arrays.get("action"), reward=arrays["reward"],
                  terminal=arrays["terminal"], state=arrays.get("state"), meta=meta)
     if spec is not None:
+        if adaptable(ep.obs.shape[1:], spec.obs_shape):
+            ep = _adapted(path, ep, tuple(spec.obs_shape))
         check_compatible(ep, spec, where=where, allow_env_mismatch=allow_env_mismatch)
     return ep
+
+
+# ---------------------------------------------------------------------------------------------
+# One demo set for every method: larger frames are resized (area interpolation) and colour frames
+# converted to grayscale on load, so demos recorded at 84x84 RGB serve 64x64 (VMIL), 84x84 (PatchAIL)
+# and grayscale runs alike. Converted episodes are cached beside the demos (CACHE_DIR), keyed by the
+# source file's size and modification time.
+
+CACHE_DIR = ".vmil-cache"
+
+
+def adaptable(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether frames of ``shape`` (C, H, W) can be turned into ``target`` by shrinking and/or
+    converting RGB to grayscale (and are not already that shape)."""
+    c, h, w = (int(v) for v in shape)
+    tc, th, tw = (int(v) for v in target)
+    return ((c == tc or (c == 3 and tc == 1)) and h >= th and w >= tw and (c, h, w) != (tc, th, tw))
+
+
+def area_weights(size: int, out: int) -> np.ndarray:
+    """[out, size] matrix of area interpolation: output pixel i averages the input span
+    [i * size / out, (i + 1) * size / out), each input pixel weighted by its overlap with it."""
+    if out > size or out < 1:
+        raise ValueError(f"area_weights: can only shrink ({size} -> {out})")
+    scale = size / out
+    lo = np.arange(out)[:, None] * scale
+    hi = lo + scale
+    j = np.arange(size)[None, :]
+    return np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None) / scale
+
+
+def adapt_frames(obs: np.ndarray, target: tuple[int, int, int]) -> np.ndarray:
+    """uint8 [N, C, H, W] -> uint8 [N, *target]: area-interpolated to the target size (exact
+    pixel-overlap averaging, as OpenCV's INTER_AREA when shrinking) and, for a 1-channel target
+    from RGB frames, the env's luminance (0.299 R + 0.587 G + 0.114 B); one rounding at the end."""
+    tc, th, tw = target
+    n, c, h, w = obs.shape
+    if not adaptable((c, h, w), target):
+        raise ValueError(f"adapt_frames: cannot turn frames {(c, h, w)} into {tuple(target)} (only shrinking "
+                         "and RGB -> grayscale)")
+    out = np.empty((n, tc, th, tw), np.uint8)
+    wh, ww = area_weights(h, th), area_weights(w, tw)
+    lum = np.array([0.299, 0.587, 0.114])
+    for start in range(0, n, 256):  # bounded float64 temporaries for long episodes
+        x = obs[start:start + 256].astype(np.float64)
+        if (h, w) != (th, tw):
+            x = np.einsum("oh,nchw,pw->ncop", wh, x, ww, optimize=True)
+        if tc == 1 and c == 3:
+            x = np.einsum("nchw,c->nhw", x, lum)[:, None]
+        out[start:start + 256] = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return out
+
+
+def convert_episode(ep: Episode, target: tuple[int, int, int]) -> Episode:
+    """The episode with its frames adapted to ``target`` (C, H, W); the metadata records the source shape."""
+    meta = dict(ep.meta)
+    meta["resized_from"] = list(meta.get("resized_from") or ep.obs.shape[1:])
+    meta["obs_shape"] = list(target)
+    return replace(ep, obs=adapt_frames(ep.obs, target), meta=meta)
+
+
+def _adapted(path: Path, ep: Episode, target: tuple[int, int, int]) -> Episode:
+    """``ep`` adapted to ``target``, from the cache when the cache entry matches the source file."""
+    stat = path.stat()
+    key = f"{stat.st_size}-{stat.st_mtime_ns}"
+    cache = path.parent / CACHE_DIR / "x".join(str(v) for v in target) / path.name
+    if cache.is_file():
+        try:
+            cached = load_episode(cache)
+            if cached.meta.get("cache_source") == key and tuple(cached.obs.shape[1:]) == target:
+                meta = {k: v for k, v in cached.meta.items() if k != "cache_source"}
+                return replace(cached, meta=meta)
+        except EpisodeError:
+            pass  # a stale or broken entry is rebuilt below
+    converted = convert_episode(ep, target)
+    try:
+        save_episode(replace(converted, meta={**converted.meta, "cache_source": key}), cache)
+    except OSError:
+        pass  # a read-only demo directory: convert on every load
+    return converted
 
 
 def episode_paths(directory: str | os.PathLike) -> list[Path]:
