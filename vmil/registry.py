@@ -21,6 +21,10 @@ ALGOS: dict[str, str] = {
     "patchail-bc": "imitation.patchail",
     "shared-enc-ail": "imitation.patchail",
     "ind-enc-ail": "imitation.patchail",
+    "bco": "imitation.bco",
+    "ilpo": "imitation.ilpo",
+    "imrl": "imitation.imrl",
+    "pmi": "imitation.pmi",
 }
 
 
