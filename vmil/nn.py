@@ -29,12 +29,25 @@ def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
 def optimize(loss: torch.Tensor, opt: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter],
              clip: float | None = None) -> dict[str, float]:
     """Backward, clip, step. A non-finite loss or gradient skips the step (parameters and
-    optimiser state stay untouched) and reports ``skipped=1`` so the runner can count it."""
+    optimiser state stay untouched) and reports ``skipped=1`` so the runner can count it.
+
+    With several learners (``torch.distributed``, see :mod:`vmil.rl.distributed`) the gradients are
+    averaged over them before the clip, and all of them skip when any one's loss is non-finite."""
+    from vmil.rl import distributed
+
     params = [p for p in params if p.requires_grad]
     opt.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss.detach()).all():
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if distributed.active():
+        if finite:
+            loss.backward()
+        if not distributed.average_gradients(params, finite):
+            opt.zero_grad(set_to_none=True)
+            return {"grad_norm": float("nan"), "skipped": 1.0}
+    elif not finite:
         return {"grad_norm": float("nan"), "skipped": 1.0}
-    loss.backward()
+    else:
+        loss.backward()
     max_norm = clip if clip and clip > 0 else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     if not torch.isfinite(norm):

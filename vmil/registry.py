@@ -14,6 +14,7 @@ ALGOS: dict[str, str] = {
     "bc": "imitation.bc",
     "vmil": "imitation.vmil",
     "drqv2": "vmil.rl.drqv2",
+    "ppo": "vmil.rl.ppo",
     "sqil": "imitation.patchail",
     "patchail": "imitation.patchail",
     "patchail-w": "imitation.patchail",

@@ -53,9 +53,9 @@ class Runner:
         self.run_dir = Path(run_dir)
         self.request: BatchRequest = agent.request
         self.offline = self.request.kind == "none"
-        if self.request.kind not in ("sequence", "transition", "none"):
-            raise ValueError(f"{cfg.algo}: request.kind must be sequence, transition or none, got {self.request.kind!r}")
-        if not self.offline and replay is None:
+        if self.request.kind not in ("sequence", "transition", "none", "rollout"):
+            raise ValueError(f"{cfg.algo}: request.kind must be sequence, transition, rollout or none, got {self.request.kind!r}")
+        if self.request.kind in ("sequence", "transition") and replay is None:
             raise ValueError(f"{cfg.algo} collects data (request.kind={self.request.kind!r}) and needs a replay")
         if not self.offline and eval_env is None:
             raise ValueError("online runs need a separate eval_env so evaluation does not cut a training episode")
@@ -468,7 +468,7 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
         if request.kind == "none":
             env.close()
             env = eval_env
-        else:
+        elif request.kind != "rollout":  # on-policy learners keep their rollouts, not a replay
             episodes_dir = run_dir / EPISODE_DIR if cfg.replay.save_episodes else None
             replay = Replay(spec, cfg.replay.capacity, replay_device, directory=episodes_dir)
         run_info = _read_run_info(run_dir) if _resume else {}
@@ -481,7 +481,10 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
         if eval_env is not None and eval_env is not env:
             eval_env.close()
         raise
-    runner = Runner(cfg, env, agent, replay, expert_replay, tracker, run_dir, eval_env,
+    runner_cls = Runner
+    if request.kind == "rollout":  # PPO and the adversarial agents on it: vectorised env workers
+        from vmil.rl.onpolicy import OnPolicyRunner as runner_cls
+    runner = runner_cls(cfg, env, agent, replay, expert_replay, tracker, run_dir, eval_env,
                     expert_return=info.return_mean, demo_info=info, quiet=quiet)
     if not _resume:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,152 @@
+"""Gradient averaging over learners (Relational Mimic: 4 learners that differ only by seed, their
+gradients averaged at every update) with ``torch.distributed``: gloo on the CPU, nccl on GPUs.
+
+Every helper is a no-op in a single process, so learners call them unconditionally:
+:func:`broadcast_module` (every learner starts from learner 0's weights), :func:`average_gradients`
+(called by :func:`vmil.nn.optimize` between backward and the optimiser step), :func:`all_sum`
+(statistics that must stay equal everywhere, e.g. observation standardisation).
+
+Launch: ``vmil train --learners N`` spawns N processes on this machine (:func:`launch`); under
+``torchrun`` (``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` set, any number of machines) `vmil train`
+joins the process group torchrun describes (:func:`init_from_env`). Learner r runs with seed
+``seed + r``; learner 0 alone logs to MLflow and writes checkpoints.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import sys
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+
+# A learner that dies leaves the others blocked in a collective; gloo gives up after this long.
+TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("VMIL_DIST_TIMEOUT", "300")))
+
+
+class LearnerFailed(RuntimeError):
+    """A learner process died; the others were stopped."""
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def backend_for(device: str) -> str:
+    return "nccl" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "gloo"
+
+
+def init(rank_: int, world: int, init_method: str, backend: str = "gloo") -> None:
+    dist.init_process_group(backend, init_method=init_method, rank=rank_, world_size=world, timeout=TIMEOUT)
+
+
+def init_from_env(backend: str = "gloo") -> bool:
+    """Join the process group of a torchrun launch; False when not launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend, init_method="env://", timeout=TIMEOUT)
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Learner 0's parameters and buffers everywhere."""
+    if not active():
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+@torch.no_grad()
+def all_sum(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The sums over learners (the inputs themselves in one process)."""
+    if not active():
+        return tensors
+    flat = torch.cat([t.reshape(-1).double() for t in tensors])
+    dist.all_reduce(flat)
+    out, offset = [], 0
+    for t in tensors:
+        out.append(flat[offset:offset + t.numel()].reshape(t.shape).to(t.dtype))
+        offset += t.numel()
+    return tuple(out)
+
+
+@torch.no_grad()
+def average_gradients(params: Iterable[torch.nn.Parameter], finite: bool) -> bool:
+    """Average every learner's gradients in place (one all-reduce of one flat buffer); returns whether
+    every learner's loss and gradients were finite, so that all of them skip the step together."""
+    params = list(params)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flag = torch.tensor([0.0 if finite else 1.0], device=grads[0].device if grads else "cpu")
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [flag])
+    flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0) if not finite else flat
+    if not finite:
+        flat[:-1] = 0.0
+    dist.all_reduce(flat)
+    ok = bool(flat[-1] == 0) and bool(torch.isfinite(flat).all())
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].reshape(g.shape).to(g.dtype)
+        offset += g.numel()
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching N learners on this machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _learner(rank_: int, world: int, init_method: str, backend: str, fn: Callable[..., Any], args: tuple) -> None:
+    init(rank_, world, init_method, backend)
+    try:
+        fn(rank_, *args)
+    finally:
+        shutdown()
+
+
+def launch(world: int, fn: Callable[..., Any], args: tuple = (), backend: str = "gloo") -> None:
+    """Run ``fn(rank, *args)`` in ``world`` spawned processes joined in one process group. When one
+    learner fails the others are stopped and :class:`LearnerFailed` names the failed one."""
+    import torch.multiprocessing as mp
+
+    if world > (os.cpu_count() or 1) and backend == "gloo":
+        print(f"vmil: warning: {world} learners on {os.cpu_count()} CPU cores without a GPU: they will share "
+              "cores and each update waits for the slowest", file=sys.stderr)
+    init_method = f"tcp://127.0.0.1:{free_port()}"
+    try:
+        mp.spawn(_learner, args=(world, init_method, backend, fn, args), nprocs=world, join=True)
+    except mp.ProcessRaisedException as err:
+        first = str(err).strip().splitlines()
+        why = first[-1] if first else "unknown error"
+        raise LearnerFailed(f"a learner failed ({why}); the others were stopped. {_where(args)}") from err
+    except mp.ProcessExitedException as err:
+        raise LearnerFailed(f"learner {err.error_index} died (exit code {err.exit_code}); the others were "
+                            f"stopped. {_where(args)}") from err
+
+
+def _where(args: tuple) -> str:
+    run_dir = next((a for a in args if isinstance(a, (str, os.PathLike)) and os.path.isdir(a)), None)
+    if run_dir is None:
+        return "Learner 0's last checkpoint is intact; continue with `vmil train --resume RUN_DIR`."
+    return f"Learner 0's last checkpoint in {run_dir} is intact; continue with `vmil train --resume {run_dir}`."

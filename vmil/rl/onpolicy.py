@@ -1,0 +1,153 @@
+"""The on-policy training loop (PPO, GAIL, GAIfO, Relational Mimic): rollouts of ``agent.cfg.num_envs``
+envs stepped by :class:`vmil.envs.vector.VectorEnv` workers, one update per rollout, expert
+transitions sampled from the demos for the adversarial agents.
+
+It is :class:`vmil.runner.Runner` with another collection loop: evaluation, logging, checkpoints,
+resume and MLflow are the runner's. Log, evaluation and checkpoint periods fire when a rollout
+crosses a multiple of them (a rollout adds num_envs x rollout_steps env steps at once). With
+several learners (:mod:`vmil.rl.distributed`) only learner 0 writes checkpoints and summaries.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+
+from vmil.evaluate import FrameStack
+from vmil.rl import distributed
+from vmil.runner import CHECKPOINT_FILE, Runner
+from vmil.tracking import MemoryTracker
+
+LEARNER_SEED_STRIDE = 1  # learner r collects with seed + r (the paper's learners differ only by seed)
+ENV_SEED_STRIDE = 10_007  # env i of a learner: its seed + i * this
+
+
+class LearnerTracker(MemoryTracker):
+    """What learners other than 0 log to: kept in memory, artifacts (written by learner 0) ignored."""
+
+    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None:
+        pass
+
+
+class OnPolicyRunner(Runner):
+    """``env`` may be a :class:`~vmil.envs.vector.VectorEnv` (tests pass one of fakes) or a single env,
+    in which case the vectorised envs are built from ``cfg.env`` when training starts (and the single
+    env is closed)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rank = distributed.rank()
+        self.vec: Any = self.env if hasattr(self.env, "num_envs") else None
+        self._rollout: Any = None
+
+    # -- persistence: learner 0 only ----------------------------------------------------------------
+    def save_checkpoint(self):
+        if self.rank != 0:  # the learners' weights are equal: learner 0's checkpoint is everyone's
+            return self.run_dir / CHECKPOINT_FILE
+        return super().save_checkpoint()
+
+    def _write_summary(self) -> dict[str, Any]:
+        if self.rank != 0:
+            return {}
+        return super()._write_summary()
+
+    # -- collection ---------------------------------------------------------------------------------
+    def _vector_env(self) -> Any:
+        if self.vec is not None:
+            return self.vec
+        from vmil import envs
+        from vmil.envs.vector import VectorEnv
+
+        acfg = self.agent.cfg
+        seed = self.cfg.seed
+        fns = [functools.partial(envs.from_config, self.cfg.env, seed + i * ENV_SEED_STRIDE)
+               for i in range(acfg.num_envs)]
+        self.vec = VectorEnv(fns, acfg.num_workers)
+        if self.env is not self.eval_env:
+            self.env.close()
+        self.env = self.vec
+        return self.vec
+
+    def _expert_batch(self) -> Any:
+        size = self.request.expert_batch_size
+        if size <= 0:
+            return None
+        return self.expert_replay.sample_transitions(size, self.request.frame_stack, 1, self.request.discount,
+                                                     self.generator)
+
+    def _train_online(self, total: int) -> None:
+        from vmil.rl.ppo import Rollout
+
+        agent, cfg = self.agent, self.agent.cfg
+        vec = self._vector_env()
+        n, t_len, k = vec.num_envs, cfg.rollout_steps, self.request.frame_stack
+        stacks = [FrameStack(k) for _ in range(n)]
+        vs = vec.reset()
+        obs = np.stack([stacks[i].reset(vs.obs[i]) for i in range(n)])
+        ended = vs.last.copy()  # an env whose episode just ended resets on its next step
+        returns = np.zeros(n)
+        device = agent.device
+        while self.env_steps < total:
+            buf_obs = np.empty((t_len + 1, *obs.shape), dtype=np.uint8)
+            actions, reward = [], np.zeros((t_len, n), np.float32)
+            terminal, last, valid = (np.zeros((t_len, n), bool) for _ in range(3))
+            before = self.env_steps
+            for t in range(t_len):
+                buf_obs[t] = obs
+                raw = agent.act_batch(torch.from_numpy(obs), explore=True)
+                actions.append(raw.cpu())
+                vs = vec.step(list(agent.to_env_action(raw)))
+                valid[t] = ~ended
+                reward[t] = np.where(valid[t], vs.reward, 0.0)
+                terminal[t], last[t] = vs.terminal & valid[t], vs.last & valid[t]
+                for i in range(n):
+                    obs[i] = stacks[i].reset(vs.obs[i]) if vs.first[i] else stacks[i].push(vs.obs[i])
+                returns += reward[t]
+                for i in np.flatnonzero(last[t]):
+                    self.episodes += 1
+                    self._window["episode_return"].append(float(returns[i]))
+                    returns[i] = 0.0
+                ended = vs.last.copy()
+                self.env_steps += int(valid[t].sum())
+            buf_obs[t_len] = obs
+            rollout = Rollout(obs=torch.from_numpy(buf_obs).to(device), action=torch.stack(actions),
+                              reward=torch.from_numpy(reward), terminal=torch.from_numpy(terminal),
+                              last=torch.from_numpy(last), valid=torch.from_numpy(valid))
+            self._bar.update(self.env_steps - before)
+            self._on_policy_update(rollout)
+            self._crossed(before, self.env_steps)
+
+    def _on_policy_update(self, rollout: Any) -> None:
+        """One update through the runner's own bookkeeping (metrics window, divergence counting)."""
+        self._rollout = rollout
+        try:
+            self._update()
+        finally:
+            self._rollout = None
+
+    def _batches(self) -> tuple[Any, Any]:
+        return self._rollout, self._expert_batch()
+
+    def _crossed(self, before: int, now: int) -> None:
+        """Log / evaluate / checkpoint when a rollout crossed a multiple of the period."""
+        cfg = self.cfg.train
+        hit = lambda every: now // every > before // every  # noqa: E731
+        if hit(cfg.log_every):
+            self._log()
+        if hit(cfg.eval_every):
+            self._evaluate()
+        if hit(cfg.checkpoint_every) and self.bad_updates == 0:
+            self.save_checkpoint()
+
+    def _evaluate(self) -> None:
+        if self.rank != 0:  # learner 0 evaluates and logs; the others only train
+            return
+        super()._evaluate()
+
+    def _log(self) -> None:
+        if self.rank != 0:
+            self._window.clear()
+            return
+        super()._log()
