@@ -49,6 +49,7 @@ import torch
 
 from imitation import discriminators as D
 from imitation import rewards as R
+from imitation.health import pearson, stacked_pairs
 from vmil.base import EnvSpec, Obs, TransitionBatch
 from vmil.config import doc
 from vmil.nn import adam, linear_schedule, optimize
@@ -246,6 +247,52 @@ class ImitationAgent:
     def disc_logits(self, x: torch.Tensor) -> torch.Tensor:
         with self.disc_autocast():
             return self.disc(x).float()
+
+    def transition_logits(self, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
+        """D's logits of uint8 frame-stack pairs (s, s'), un-augmented: patch maps or scalars."""
+        if self.cfg.variant == "shared-enc-ail":
+            f = self.features(self.rl.to_float(s.to(self.device)))
+            x = torch.cat([f, self.features(self.rl.to_float(s_next.to(self.device)))], 1) if self.cfg.disc_pair else f
+        else:
+            x = self.disc_image(self.pair(s, s_next), augment=False)
+        return self.disc_logits(x)
+
+    @torch.no_grad()
+    def health(self, episodes: list, expert: TransitionBatch | None, batch: TransitionBatch | None,
+               chunk: int = 256) -> dict[str, float]:
+        """The adversarial health signals (:mod:`imitation.health`): the one-step learned reward of
+        every evaluation transition against its true reward, and D's accuracy on fresh expert and
+        agent-replay transitions. SQIL has no discriminator and reports none."""
+        if self.disc is None:
+            return {}
+        cfg = self.cfg
+        mode = {"patchail-w": "weighted", "patchail-b": "bonus"}.get(cfg.variant, "plain")
+        expert_mean = None
+        if mode != "plain":
+            if expert is None:
+                return {}
+            expert_mean = R.expert_mean_logits(self.transition_logits(expert.obs, expert.step_obs), cfg.sim_reference)
+        learned, true = [], []
+        for ep in episodes:
+            s, s_next = stacked_pairs(ep.obs, cfg.frame_stack)
+            for i in range(0, s.shape[0], chunk):
+                logits = self.transition_logits(s[i:i + chunk], s_next[i:i + chunk])
+                lam = self.sim_scale
+                if mode != "plain" and lam == 0.0:  # before the first update sets lambda
+                    lam = R.initial_lambda(cfg.sim_lambda, R.similarity(logits, expert_mean))
+                learned.append(R.patch_reward(logits, expert_mean, mode=mode, lam=lam,
+                                              transform_kind=cfg.reward_transform,
+                                              aggregate_kind=cfg.reward_aggregate, scale=cfg.reward_scale).float())
+            true.append(torch.as_tensor(ep.reward))
+        out: dict[str, float] = {}
+        if learned:
+            out["reward_true_corr"] = pearson(torch.cat(learned).cpu().numpy(), torch.cat(true).numpy())
+            out["reward_real_mean"] = float(torch.cat(learned).mean())
+        if expert is not None:
+            out["disc_expert_acc"] = float((self.transition_logits(expert.obs, expert.step_obs) > 0).float().mean())
+        if batch is not None:
+            out["disc_replay_acc"] = float((self.transition_logits(batch.obs, batch.step_obs) < 0).float().mean())
+        return out
 
     # -- the update ------------------------------------------------------------------------------
     def check(self, batch: TransitionBatch, expert: TransitionBatch | None) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imitation.health import episode_sequence, pearson
 from imitation.latent_discriminator import (LatentDiscriminator, discriminator_losses, imagined_transitions,
                                             reward_from_logit, sequence_transitions)
 from imitation.vmil_config import Config
@@ -366,6 +367,52 @@ class VMILAgent:
                   sequences: int = 4) -> dict[str, np.ndarray]:
         """Open-loop prediction strips of an expert and an agent batch (:func:`openloop_strips`)."""
         return openloop_strips(self, {"openloop_expert": expert, "openloop_agent": batch}, sequences)
+
+    @torch.no_grad()
+    def health(self, episodes: list, expert: SequenceBatch | None, batch: SequenceBatch | None) -> dict[str, float]:
+        """The adversarial health signals (:mod:`imitation.health`) from the evaluation's episodes and
+        fresh expert / agent-replay batches."""
+        learned, true, real, imagined = [], [], [], []
+        for ep in episodes:
+            b = episode_sequence(ep, self.device)
+            if b.action is None or b.obs.shape[1] < 2:
+                continue
+            embed = self.wm.encode(preprocess_image(b.obs), self.proprio(b))
+            action = self._norm_action(b.action)
+            post, _ = self.wm.rssm.observe(embed, action, b.is_first, sample=False)
+            z = self.disc_features(post)
+            r = self._reward(z[:, :-1], action[:, 1:], z[:, 1:])[0]
+            learned.append(r)
+            true.append(torch.as_tensor(ep.reward, device=self.device))
+            rollout = imagine(self.wm.rssm, self.ac.actor, post.flatten(), self.cfg.behavior.horizon)
+            zi = self.disc_features(rollout.states)
+            imagined.append(self._reward(zi[:-1], rollout.actions, zi[1:]).mean())
+        out: dict[str, float] = {}
+        if learned:
+            lr, tr = torch.cat(learned), torch.cat(true)
+            out.update(reward_true_corr=pearson(lr.cpu().numpy(), tr.cpu().numpy()),
+                       reward_real_mean=float(lr.mean()), reward_imagined_mean=float(torch.stack(imagined).mean()))
+        if expert is not None:
+            e = self.slice_batch(expert, expert.obs.shape[0], expert.obs.shape[1])
+            embed = self.wm.encode(preprocess_image(e.obs), self.proprio(e))
+            action = self.sequence_actions(e, embed)
+            post, _ = self.wm.rssm.observe(embed, action, e.is_first)
+            x, w = sequence_transitions(self.disc_features(post), action, e.is_first, self.disc.inputs)
+            logit = self.disc(x)
+            out["disc_expert_acc"] = float(((logit > 0).float() * w).sum() / w.sum().clamp(min=1.0))
+        if batch is not None:
+            a = self.slice_batch(batch, batch.obs.shape[0], batch.obs.shape[1])
+            embed = self.wm.encode(preprocess_image(a.obs), self.proprio(a))
+            action = self._norm_action(a.action)
+            post, _ = self.wm.rssm.observe(embed, action, a.is_first)
+            x, w = sequence_transitions(self.disc_features(post), action, a.is_first, self.disc.inputs)
+            logit = self.disc(x)
+            out["disc_replay_acc"] = float(((logit < 0).float() * w).sum() / w.sum().clamp(min=1.0))
+            rollout = imagine(self.wm.rssm, self.ac.actor, post.flatten(), self.cfg.behavior.horizon)
+            zi = self.disc_features(rollout.states)
+            logit = self.disc.transition_logit(zi[:-1], rollout.actions, zi[1:])
+            out["disc_imagined_acc"] = float((logit < 0).float().mean())
+        return out
 
     # ------------------------------------------------------------------ persistence
 

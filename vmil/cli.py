@@ -213,22 +213,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in ("algo", "env", "demos", "preset", "seed", "run_dir", "tracking_uri")
-                 if getattr(args, k) is not None]
+                 if getattr(args, k) is not None] + (["--tag"] if args.tag else [])
         if given:
             raise UsageError("vmil train", f"--resume continues a run with its saved settings; drop "
                                            f"{', '.join(given)} (only train.* overrides may change)")
         runner = resume_run(args.resume, args.overrides)
     else:
-        missing = [f"--{k}" for k in ("algo", "env", "demos") if getattr(args, k) is None]
+        from vmil.registry import algo_module
+
+        needs_demos = args.algo is None or getattr(algo_module(args.algo), "NEEDS_DEMOS", True)
+        missing = [f"--{k}" for k in ("algo", "env", "demos") if getattr(args, k) is None
+                   and (k != "demos" or needs_demos)]
         if missing:
             raise UsageError("vmil train", f"{', '.join(missing)} required (or --resume RUN_DIR) "
                                            "(see `vmil train --help`)")
         from vmil.config import resolve
-        from vmil.registry import algo_module
 
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         cfg = resolve(args.algo, algo_module(args.algo).Config, args.env, args.preset or "cpu", overrides)
-        runner = build_run(cfg, args.demos, args.run_dir, args.tracking_uri or "sqlite:///mlflow.db")
+        tags = {"preset": args.preset or "cpu"}
+        for text in args.tag:
+            key, sep, value = text.partition("=")
+            if not sep or not key:
+                raise UsageError("vmil train", f"--tag '{text}' must be KEY=VALUE, e.g. --tag sweep=dmc-5seeds")
+            tags[key] = value
+        runner = build_run(cfg, args.demos, args.run_dir, args.tracking_uri or "sqlite:///mlflow.db", tags=tags)
     try:
         summary = runner.run()
     finally:
@@ -314,15 +323,39 @@ def cmd_config_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from vmil.compare import format_table, load_runs, summarize
+def _csv(values: list[str] | None) -> list[str] | None:
+    return [v for text in values for v in text.split(",") if v] if values else None
 
-    runs = load_runs(args.tracking_uri, args.experiment)
-    table = summarize(runs, env=args.env)
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from vmil import stats
+    from vmil.compare import filter_runs, learning_curves, load_runs, log_report
+
+    try:
+        budgets = tuple(int(float(b)) for b in args.budgets.split(",") if b)
+    except ValueError:
+        raise UsageError("vmil compare", f"--budgets '{args.budgets}' must be step counts, e.g. 10000,50000,100000")
+    key = stats.metric_key(args.metric)
+    runs = load_runs(args.tracking_uri, args.experiment, finished_only=not args.include_unfinished)
+    runs = filter_runs(runs, envs=_csv(args.env), algos=_csv(args.algo), presets=_csv(args.preset), sweep=args.sweep)
+    if not runs:
+        raise stats.StatsError(f"no {'' if args.include_unfinished else 'finished '}training runs in experiment "
+                               f"'{args.experiment}' at {args.tracking_uri}")
+    curves = learning_curves(runs, args.tracking_uri, key)
+    result = stats.compare(runs, curves, metric=args.metric, budgets=budgets, reps=args.reps, seed=args.seed,
+                           improvement_of=args.improvement_of)
+    if args.out:
+        files = stats.write_report(result, args.out)
+        note = f"compare: wrote {', '.join(p.name for p in files)} to {args.out}"
+        if not args.no_mlflow:
+            tags = {"metric": key, **({"sweep": args.sweep} if args.sweep else {})}
+            run_id = log_report(args.tracking_uri, files, tags)
+            note += f"; MLflow run {run_id} (experiment vmil-comparisons) holds them"
+        print(note, file=sys.stderr)
     if args.json:
-        _print_json(table)
+        _print_json(result)
     else:
-        print(format_table(table))
+        print(stats.format_comparison(result))
     return 0
 
 
@@ -421,6 +454,8 @@ def build_parser() -> Parser:
     t.add_argument("--run-dir", help="default: runs/<algo>-<env>-s<seed>-<time>")
     t.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db; 'none': no tracking)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run")
+    t.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra MLflow tag (repeatable); the preset is tagged always")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.env_steps=5000")
     t.set_defaults(fn=cmd_train)
 
@@ -484,11 +519,30 @@ def build_parser() -> Parser:
     ck.add_argument("--algo", default=None, help="also list this algorithm's agent.* keys")
     ck.set_defaults(fn=cmd_config_keys)
 
-    m = sub.add_parser("compare", help="final eval returns per method from MLflow")
+    m = sub.add_parser("compare", help="statistics of the methods' final scores from MLflow (IQM / mean / median "
+                                       "with bootstrap CIs, aggregates, profiles, sample efficiency)",
+                       description="Runs are grouped by (env, algo, preset, budget); runs of different presets or "
+                                   "step budgets are never pooled. Statistics as in Agarwal et al. 2021 (rliable): "
+                                   "stratified-bootstrap 95%% CIs.")
     m.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     m.add_argument("--experiment", default="vmil")
-    m.add_argument("--env", default=None, help="only this env")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--env", action="append", help="only these envs (repeatable or comma-separated)")
+    m.add_argument("--algo", action="append", help="only these algorithms (repeatable or comma-separated)")
+    m.add_argument("--preset", action="append", help="only these presets (repeatable or comma-separated)")
+    m.add_argument("--sweep", default=None, help="only the runs of this sweep (`vmil sweep`'s name)")
+    m.add_argument("--metric", default="score", help="score (normalised by the demos' return; default) or return")
+    m.add_argument("--budgets", default="10000,50000,100000",
+                   help="step budgets for the sample-efficiency table (default 10000,50000,100000)")
+    m.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    m.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    m.add_argument("--improvement-of", default=None,
+                   help="the algorithm whose probability of improvement over each other one is reported "
+                        "(default: vmil when present)")
+    m.add_argument("--include-unfinished", action="store_true", help="also killed / failed / running runs")
+    m.add_argument("--out", default=None, help="write compare.json and PNG figures here (and attach them to an "
+                                               "MLflow run in the experiment vmil-comparisons)")
+    m.add_argument("--no-mlflow", action="store_true", help="with --out: do not log the report to MLflow")
+    m.add_argument("--json", action="store_true", help="print the whole result as JSON")
     m.set_defaults(fn=cmd_compare)
     return p
 

@@ -20,6 +20,7 @@ class EvalResult:
     frames: list[np.ndarray] = field(default_factory=list)  # HWC uint8 frames of the first episode(s)
     # Of the deterministic steps, where a planning agent (VMIL's behavior.plan_*) replaced the actor's action.
     plan_replaced_fraction: float | None = None
+    episodes: list[Any] = field(default_factory=list)  # whole episodes (vmil.data.episode.Episode), if asked
 
     @property
     def return_mean(self) -> float:
@@ -94,15 +95,23 @@ def to_video_frame(obs: np.ndarray, min_size: int = 256) -> np.ndarray:
 
 
 def run_episodes(env: Env, agent: Any, frame_stack: int, episodes: int, explore: bool = False,
-                 video_episodes: int = 0) -> EvalResult:
-    """Roll out ``episodes`` full episodes; frames of the first ``video_episodes`` are kept."""
+                 video_episodes: int = 0, keep_episodes: bool = False) -> EvalResult:
+    """Roll out ``episodes`` full episodes; frames of the first ``video_episodes`` are kept, and with
+    ``keep_episodes`` every episode whole (observations, actions, true rewards)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    builder = None
+    if keep_episodes:
+        from vmil.data.episode import EpisodeBuilder
+
+        builder = EpisodeBuilder(env.spec, meta={"source": "evaluation"})
     stack = FrameStack(frame_stack)
     result = EvalResult(returns=[], lengths=[])
     planned = dict(getattr(agent, "plan_counts", {}))
     for i in range(episodes):
         ts = env.reset()
+        if builder is not None:
+            builder.start(ts)
         state = None
         total, length, success = 0.0, 0, None
         while True:
@@ -110,6 +119,8 @@ def run_episodes(env: Env, agent: Any, frame_stack: int, episodes: int, explore:
                 result.frames.append(to_video_frame(ts.obs))
             action, state = agent.act(observe(stack, ts), state, explore)
             ts = env.step(action)
+            if builder is not None:
+                builder.add(action, ts)
             total += ts.reward
             length += 1
             if "success" in ts.info:
@@ -120,6 +131,8 @@ def run_episodes(env: Env, agent: Any, frame_stack: int, episodes: int, explore:
             result.frames.append(to_video_frame(ts.obs))
         result.returns.append(total)
         result.lengths.append(length)
+        if builder is not None:
+            result.episodes.append(builder.finish())
         if success is not None:
             result.successes.append(success)
     if planned:

@@ -2,7 +2,9 @@
 
 Each module provides ``Config`` (a frozen dataclass; variants share a module and differ by their
 YAML preset in ``configs/algo/<name>.yaml``) and
-``build(cfg, spec: EnvSpec, device: torch.device, demos: DemoInfo | None) -> Agent``.
+``build(cfg, spec: EnvSpec, device: torch.device, demos: DemoInfo | None) -> Agent``; a module
+whose algorithm learns from the true reward sets ``NEEDS_DEMOS = False`` (its demos, when given, only
+set the normalised score).
 """
 from __future__ import annotations
 
@@ -15,6 +17,13 @@ ALGOS: dict[str, str] = {
     "vmil": "imitation.vmil",
     "drqv2": "vmil.rl.drqv2",
     "ppo": "vmil.rl.ppo",
+    "gail": "imitation.rm",
+    "gaifo": "imitation.rm",
+    "rm": "imitation.rm",
+    "rm-l-l": "imitation.rm",
+    "rm-l-nl": "imitation.rm",
+    "rm-nl-nl": "imitation.rm",
+    "dreamer": "vmil.rl.dreamer",
     "sqil": "imitation.patchail",
     "patchail": "imitation.patchail",
     "patchail-w": "imitation.patchail",

@@ -8,6 +8,7 @@ for ``vmil train``; :func:`resume_run` continues a killed run from its directory
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -43,8 +44,9 @@ class Runner:
 
     def __init__(self, cfg: RunConfig, env: Env, agent: Any, replay: Any, expert_replay: Any, tracker: Tracker,
                  run_dir: str | Path, eval_env: Env | None = None, *, expert_return: float | None = None,
-                 demo_info: Any = None, quiet: bool | None = None):
+                 demo_info: Any = None, quiet: bool | None = None, tags: dict[str, str] | None = None):
         self.cfg = cfg
+        self.tags = dict(tags or {})  # extra MLflow tags (preset, sweep), set when the run starts
         self.env = env
         self.agent = agent
         self.replay = replay
@@ -150,12 +152,15 @@ class Runner:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, self.run_dir / CONFIG_FILE)
+        total = cfg.train.offline_updates if self.offline else cfg.train.env_steps
         if not self._resumed:
             self.tracker.log_params(flatten(to_dict(cfg)))
             self.tracker.set_tags({"algo": cfg.algo, "env": cfg.env.id, "seed": str(cfg.seed),
-                                   "run_dir": str(self.run_dir.resolve())})
+                                   "run_dir": str(self.run_dir.resolve()), **self.tags})
             self.tracker.log_artifact(self.run_dir / CONFIG_FILE)
-        total = cfg.train.offline_updates if self.offline else cfg.train.env_steps
+        # The step budget (`vmil compare` never pools runs of different budgets); set again on a
+        # resume, whose train.* overrides may change it.
+        self.tracker.set_tags({"budget": str(total), "budget_unit": "updates" if self.offline else "env_steps"})
         self._start_time = time.perf_counter()
         self._window_start = (time.perf_counter(), self.env_steps, self.updates)
         self._bar = tqdm(total=total, initial=self._step(), disable=not self.show_bar, dynamic_ncols=True,
@@ -250,11 +255,11 @@ class Runner:
         self.replay_episodes += 1
         self._window["episode_return"].append(ep.ret)
 
-    def _sample(self, replay: Any, batch_size: int) -> Any:
-        req = self.request
+    def _sample(self, replay: Any, batch_size: int, generator: torch.Generator | None = None) -> Any:
+        req, generator = self.request, generator or self.generator
         if req.kind == "none":  # offline learners train on expert transitions
-            return replay.sample_transitions(batch_size, req.frame_stack, req.nstep, req.discount, self.generator)
-        return replay.sample(req, self.generator, batch_size=batch_size)
+            return replay.sample_transitions(batch_size, req.frame_stack, req.nstep, req.discount, generator)
+        return replay.sample(req, generator, batch_size=batch_size)
 
     def _batches(self) -> tuple[Any, Any]:
         batch = None if self.offline else self._sample(self.replay, self.request.batch_size)
@@ -329,10 +334,13 @@ class Runner:
         cfg = self.cfg.train
         step = self._step()
         video = cfg.video
+        health = getattr(self.agent, "health", None)
         with torch.no_grad():
             result = run_episodes(self.eval_env, self.agent, self.request.frame_stack, cfg.eval_episodes,
-                                  video_episodes=1 if video else 0)
+                                  video_episodes=1 if video else 0, keep_episodes=health is not None)
         summary = result.summary(self.expert_return)
+        if health is not None:
+            summary["health"] = self._health(health, result.episodes)
         metrics = {"eval/return_mean": summary["return_mean"], "eval/return_std": summary["return_std"],
                    "eval/length_mean": summary["length_mean"]}
         if summary["normalized_score"] is not None:
@@ -340,6 +348,7 @@ class Runner:
         for key in ("success_rate", "plan_replaced_fraction"):
             if key in summary:
                 metrics[f"eval/{key}"] = summary[key]
+        metrics.update({f"health/{k}": v for k, v in summary.get("health", {}).items() if math.isfinite(v)})
         self.tracker.log_metrics(metrics, step)
         self.last_eval = {"step": step, **summary}
         score = f"  score {summary['normalized_score']:.2f}" if summary["normalized_score"] is not None else ""
@@ -348,10 +357,27 @@ class Runner:
         self._say(f"eval  {'update' if self.offline else 'step'} {step}  return {summary['return_mean']:.1f} "
                   f"± {summary['return_std']:.1f}{score}")
         self._bar.set_postfix(ret=f"{summary['return_mean']:.1f}")
+        if "reward_true_corr" in summary.get("health", {}):
+            h = summary["health"]
+            self._say("      health  " + "  ".join(f"{k} {v:.2f}" for k, v in h.items()))
         if video and result.frames:
             path = write_video(result.frames, self.run_dir / "videos" / f"eval_{step:08d}.mp4")
             self.tracker.log_artifact(path, "videos")
         self._visualize(step)
+
+    def _health(self, health: Any, episodes: list[Any]) -> dict[str, float]:
+        """An adversarial agent's health signals (:mod:`imitation.health`) on the evaluation's episodes
+        and fresh expert and agent-replay batches."""
+        # Their own random streams: the signals must not change what training samples and draws next.
+        gen = torch.Generator(device=self.generator.device).manual_seed(self.cfg.seed + self.env_steps)
+        batch = expert = None
+        if not self.offline and self.replay_episodes > 0:
+            batch = self._sample(self.replay, self.request.batch_size, gen)
+        if self.expert_replay is not None:
+            expert = self._sample(self.expert_replay, self.request.expert_batch_size or self.request.batch_size, gen)
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            return {k: float(v) for k, v in health(episodes, expert, batch).items()}
 
     def _visualize(self, step: int) -> None:
         visualize = getattr(self.agent, "visualize", None)
@@ -380,6 +406,8 @@ class Runner:
         }
         if "success_rate" in ev:
             summary["eval_success_rate"] = ev["success_rate"]
+        if "health" in ev:  # JSON has no NaN: an undefined correlation is null
+            summary.update({k: (v if math.isfinite(v) else None) for k, v in ev["health"].items()})
         tmp = self.run_dir / (SUMMARY_FILE + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         tmp.replace(self.run_dir / SUMMARY_FILE)
@@ -422,11 +450,24 @@ def _device(name: str) -> torch.device:
         raise ConfigError(str(err)) from err
 
 
-def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None = None,
+# Loops other than Runner's, by the kind of batch an agent requests, named as ALGOS names algorithms:
+# they subclass Runner, so the runner loads them by name and never imports them.
+RUNNERS: dict[str, str] = {"rollout": "vmil.rl.onpolicy:OnPolicyRunner"}  # PPO and the adversarial agents on it
+
+
+def _runner_class(kind: str) -> type[Runner]:
+    if kind not in RUNNERS:
+        return Runner
+    module, name = RUNNERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_run(cfg: RunConfig, demos_dir: str | Path | None, run_dir: str | Path | None = None,
               tracking_uri: str | None = DEFAULT_URI, *, experiment: str = "vmil", quiet: bool | None = None,
-              _resume: bool = False) -> Runner:
+              tags: dict[str, str] | None = None, _resume: bool = False) -> Runner:
     """Wire a run: envs, demos (validated against the env before anything trains), replays, agent,
-    tracker. ``tracking_uri`` None or "none" keeps metrics in memory."""
+    tracker. ``tracking_uri`` None or "none" keeps metrics in memory. ``demos_dir`` may be None for
+    algorithms that learn from the true reward (``NEEDS_DEMOS = False``)."""
     from vmil.data.episode import demo_info, load_episodes
     from vmil.data.replay import Replay
     from vmil.dense import set_dense_backend
@@ -448,19 +489,24 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
     device = _device(cfg.device)
     replay_device = device if cfg.replay.device == "auto" else _device(cfg.replay.device)
 
-    demos_dir = Path(demos_dir)
+    if demos_dir is None and getattr(module, "NEEDS_DEMOS", True):
+        raise ConfigError(f"{cfg.algo} learns from demonstrations: pass --demos DIR (record some with "
+                          "`vmil demos record`)")
+    demos_dir = Path(demos_dir) if demos_dir is not None else None
     env = _make_env(cfg, cfg.seed)
     eval_env = None
     try:
         spec = env.spec
-        expert_episodes = load_episodes(demos_dir, spec)
-        info = demo_info(expert_episodes, demos_dir)
+        info, expert_replay = None, None
+        if demos_dir is not None:
+            expert_episodes = load_episodes(demos_dir, spec)
+            info = demo_info(expert_episodes, demos_dir)
+            expert_replay = Replay(spec, info.num_frames, replay_device)
+            for ep in expert_episodes:
+                expert_replay.add_episode(ep)
+            del expert_episodes
         agent = module.build(cfg.agent, spec, device, info)
         request: BatchRequest = agent.request
-        expert_replay = Replay(spec, info.num_frames, replay_device)
-        for ep in expert_episodes:
-            expert_replay.add_episode(ep)
-        del expert_episodes
         replay = None
         # Evaluation starts from states neither the agent's data nor (with the default seeds) the
         # demos started from; offline runs need no other env.
@@ -481,15 +527,13 @@ def build_run(cfg: RunConfig, demos_dir: str | Path, run_dir: str | Path | None 
         if eval_env is not None and eval_env is not env:
             eval_env.close()
         raise
-    runner_cls = Runner
-    if request.kind == "rollout":  # PPO and the adversarial agents on it: vectorised env workers
-        from vmil.rl.onpolicy import OnPolicyRunner as runner_cls
+    runner_cls = _runner_class(request.kind)
     runner = runner_cls(cfg, env, agent, replay, expert_replay, tracker, run_dir, eval_env,
-                    expert_return=info.return_mean, demo_info=info, quiet=quiet)
+                    expert_return=info.return_mean if info is not None else None, demo_info=info, quiet=quiet, tags=tags)
     if not _resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / RUN_FILE, {
-            "algo": cfg.algo, "env": cfg.env.id, "seed": cfg.seed, "demos": str(demos_dir.resolve()),
+            "algo": cfg.algo, "env": cfg.env.id, "seed": cfg.seed, "demos": str(demos_dir.resolve()) if demos_dir is not None else None,
             "tracking_uri": _absolute_uri(tracking_uri) if tracking_uri else "none",
             "experiment": experiment, "mlflow_run_id": tracker.run_id})
         save_yaml(cfg, run_dir / CONFIG_FILE)

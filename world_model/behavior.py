@@ -417,12 +417,13 @@ class ActorCritic(nn.Module):
         return loss, metrics
 
     def actor_loss(self, feats: torch.Tensor, reward: torch.Tensor, log_prob: torch.Tensor | None = None,
-                   raw: torch.Tensor | None = None
+                   raw: torch.Tensor | None = None, cont: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """-E[w_t objective_t] over an imagined rollout (feats [H+1, N, F], reward [H, N]; the
         objective is G_t for actor_grad=dynamics, and needs the rollout's raw actor samples [H, N, A]
-        otherwise); call it with the critic frozen. Returns (loss, returns [H, N], weights [H, N],
-        metrics)."""
+        otherwise); call it with the critic frozen. ``cont`` [H, N], the probability that each
+        imagined step s_t+1 is not terminal, multiplies the discount (Dreamer's pcont). Returns (loss,
+        returns [H, N], weights [H, N], metrics)."""
         cfg = self.cfg
         H = reward.shape[0]
         if feats.shape[0] != H + 1:
@@ -434,8 +435,11 @@ class ActorCritic(nn.Module):
         next_value = critic(feats[1:])
         if log_prob is not None and cfg.entropy > 0:
             reward = reward - cfg.entropy * log_prob  # entropy bonus, as a per-step reward
-        returns = lambda_return(reward, next_value, cfg.gamma, cfg.lam)
-        weights = discount_weights(cfg.gamma, H, returns)
+        if cont is not None and cont.shape != reward.shape:
+            raise ValueError(f"cont {tuple(cont.shape)} must match reward {tuple(reward.shape)}")
+        discount = cfg.gamma if cont is None else cfg.gamma * cont
+        returns = lambda_return(reward, next_value, discount, cfg.lam)
+        weights = discount_weights(discount, H, returns)
         metrics = {"return_mean": returns.detach().mean(), "value_mean": next_value.detach().mean()}
         objective = returns
         if cfg.actor_grad != "dynamics":

@@ -309,6 +309,9 @@ class DrQV2:
         self.step = int(state["step"])
 
 
+NEEDS_DEMOS = False  # the true reward; demos, when given, only set the normalised score
+
+
 def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any = None) -> DrQV2:
     """DrQ-v2 on the true reward; demos are not used."""
     return DrQV2(cfg, spec, device)

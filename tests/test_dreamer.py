@@ -1,0 +1,121 @@
+"""Dreamer, the model-based RL control: runs without demos, learns its reward head, discounts with
+its continuation head, round-trips its state, and refuses what it cannot use in one line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vmil.base import EnvSpec, SequenceBatch
+from vmil.config import resolve
+from vmil.rl import dreamer
+from world_model.behavior import ActorCritic, BehaviorConfig
+from world_model.returns import lambda_return
+
+
+def _agent(**overrides) -> dreamer.DreamerAgent:
+    cfg = resolve("dreamer", dreamer.Config, "toy:reach", "smoke",
+                  [f"agent.{k}={v}" for k, v in overrides.items()]).agent
+    return dreamer.build(cfg, EnvSpec("test", (3, 32, 32), 2), torch.device("cpu"))
+
+
+def _batch(B: int = 4, T: int = 6, terminal_at: int | None = None) -> SequenceBatch:
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 256, (B, T, 3, 32, 32), dtype=torch.uint8, generator=g)
+    # The reward is a function of the frame the agent arrives at: its mean brightness.
+    reward = obs.float().mean((2, 3, 4)) / 255.0
+    terminal = torch.zeros(B, T, dtype=torch.bool)
+    if terminal_at is not None:
+        terminal[:, terminal_at] = True
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    return SequenceBatch(obs, torch.rand(B, T, 2, generator=g) * 2 - 1, reward, is_first, terminal)
+
+
+def test_the_reward_head_learns_the_true_reward():
+    torch.manual_seed(0)
+    agent = _agent(model_warmup=1000)  # world model and heads only
+    batch = _batch()
+    first = agent.update(batch, None, 0)["model/reward"]
+    for _ in range(150):
+        last = agent.update(batch, None, 0)["model/reward"]
+    assert last < 0.1 * first, (first, last)
+
+
+def test_imagined_returns_are_discounted_by_the_continuation_head():
+    torch.manual_seed(0)
+    cfg = BehaviorConfig(horizon=3, units=8, actor_layers=1, critic_layers=1, gamma=0.9, lam=0.5)
+    ac = ActorCritic(5, 1, cfg)
+    feats, reward = torch.randn(4, 2, 5), torch.rand(3, 2)
+    cont = torch.tensor([[1.0, 0.5], [0.0, 1.0], [1.0, 1.0]])
+    _, returns, weights, _ = ac.actor_loss(feats, reward, cont=cont)
+    v = ac.critic(feats[1:]).detach()
+    # By hand: G_t = r_t + g c_t ((1 - lam) V_t+1 + lam G_t+1), G_H = V(s_H); weights = prod_{k<t} g c_k.
+    expect = torch.zeros(3, 2)
+    nxt = v[-1]
+    for t in reversed(range(3)):
+        nxt = reward[t] + 0.9 * cont[t] * ((1 - 0.5) * v[t] + 0.5 * nxt)
+        expect[t] = nxt
+    assert torch.allclose(returns.detach(), expect, atol=1e-6)
+    assert torch.allclose(weights, torch.tensor([[1.0, 1.0], [0.9, 0.45], [0.0, 0.405]]), atol=1e-6)
+    assert torch.allclose(returns.detach(), lambda_return(reward, v, 0.9 * cont, 0.5), atol=1e-6)
+
+
+def test_continuation_turns_on_at_the_first_terminal_and_survives_a_round_trip():
+    torch.manual_seed(0)
+    agent = _agent()
+    assert "model/continuation" not in agent.update(_batch(), None, 0)
+    m = agent.update(_batch(terminal_at=3), None, 0)
+    assert "model/continuation" in m and agent.seen_terminal
+    fresh = _agent()
+    fresh.load_state_dict(agent.state_dict())
+    assert fresh.seen_terminal and fresh.updates == agent.updates
+    for a, b in zip(agent.wm.parameters(), fresh.wm.parameters()):
+        assert torch.equal(a, b)
+    off = _agent(continuation="never")
+    assert "model/continuation" not in off.update(_batch(terminal_at=3), None, 0)
+
+
+def test_dreamer_trains_without_demos_and_names_demos_without_reward(tmp_path, toy_demos_obs):
+    from vmil.data.episode import DemoInfo
+    from vmil.runner import build_run
+
+    cfg = resolve("dreamer", dreamer.Config, "toy:reach", "smoke", ["train.video=false"])
+    runner = build_run(cfg, None, tmp_path / "run", tracking_uri=None, quiet=True)
+    try:
+        summary = runner.run()
+    finally:
+        runner.close()
+    assert summary["updates"] > 0 and summary["normalized_score"] is None
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["demos"] is None
+    spec = EnvSpec("toy:reach", (3, 32, 32), 2)
+    info = DemoInfo(directory="d", num_episodes=1, lengths=(3,), returns=(0.0,), return_mean=0.0, return_std=0.0,
+                    has_actions=False, obs_shape=(3, 32, 32), action_dim=0, discrete=False, state_dim=0,
+                    success_rate=None, meta={})
+    with pytest.raises(ValueError, match="carry no reward"):
+        dreamer.build(cfg.agent, spec, torch.device("cpu"), info)
+    with pytest.raises(ValueError, match="gives no reward"):
+        dreamer.build(cfg.agent, EnvSpec("x", (3, 32, 32), 2, extra={"has_reward": False}), torch.device("cpu"))
+
+
+def test_cli_train_takes_dreamer_without_demos_but_not_vmil(tmp_path, capsys):
+    from vmil.cli import main
+
+    assert main(["train", "--algo", "vmil", "--env", "toy:reach", "--preset", "smoke"]) != 0
+    assert "--demos" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "dreamer", "--env", "toy:reach", "--preset", "smoke", "--run-dir", str(run),
+                 "--tracking-uri", "none", "train.video=false"]) == 0
+    assert json.loads((run / "summary.json").read_text())["algo"] == "dreamer"
+
+
+def test_dreamer_batches_must_carry_rewards_and_actions():
+    agent = _agent()
+    b = _batch()
+    with pytest.raises(ValueError, match="needs actions"):
+        agent.update(b._replace(action=None), None, 0)
+    with pytest.raises(ValueError, match="uint8 obs"):
+        agent.update(b._replace(obs=b.obs.float()), None, 0)
+    assert np.isfinite(agent.update(b, None, 0)["model/reward"])
