@@ -4,7 +4,8 @@ Family modules are imported only when used, so a missing optional dependency (Mu
 gymnasium-robotics) only matters for the family that needs it. Each family module exposes
 ``make(task, *, image_size, action_repeat, seed, camera, fast_render, grayscale, max_episode_steps,
 render, **options) -> Env`` and ``tasks() -> list[str]``, and optionally ``scripted_expert(env)`` and
-``mpc_expert(env)``.
+``mpc_expert(env)`` (the toy and dmc scripted experts live in :mod:`vmil.experts.scripted` instead;
+env modules never import :mod:`vmil.experts`' scripted controllers).
 
 Helpers shared by the family modules (action checks, grayscale, the episode guard) live here too.
 """
