@@ -78,9 +78,9 @@ def test_bad_demo_directories(capsys, tmp_path, toy_demos, toy_demos_obs):
     victim.write_bytes(victim.read_bytes()[:5000])
     _fails(capsys, _train(corrupt, tmp_path / "r3"), victim.name, "truncated or corrupt")
 
-    # Demos recorded at another image size than the env gives.
-    _fails(capsys, _train(toy_demos, tmp_path / "r4", "env.image_size=32"), "frames are C,H,W=(3, 64, 64)",
-           "(3, 32, 32)")
+    # Demos recorded at a smaller image size than the env gives (larger ones are resized on load).
+    _fails(capsys, _train(toy_demos, tmp_path / "r4", "env.image_size=84"), "frames are C,H,W=(3, 64, 64)",
+           "(3, 84, 84)", "record the demos at 84x84 or larger")
 
     nan = _copy(toy_demos, tmp_path / "nan")
     path = sorted(nan.glob("*.npz"))[0]

@@ -70,7 +70,7 @@ def test_mlflow_tracker_round_trip(tmp_path, monkeypatch, capsys):
     from vmil.cli import main
 
     assert main(["compare", "--tracking-uri", uri, "--experiment", "test", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["per_task"]
     assert [(r["env"], r["algo"], r["runs"]) for r in rows] == [("toy:reach", "bc", 1)]
     assert main(["compare", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
     assert "no MLflow store" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
@@ -91,7 +91,7 @@ def test_compare_summary_against_hand_computed_values():
     assert (rows[0]["return_mean"], rows[0]["return_std"], rows[0]["score_mean"]) == (15.0, 5.0, 0.75)
     assert rows[1]["score_mean"] is None
     table = format_table(rows).splitlines()
-    assert table[2].split() == ["toy:reach", "bc", "2", "15.0", "±", "5.0", "0.75", "±", "0.25"]
+    assert table[2].split() == ["toy:reach", "bc", "?", "0", "2", "15.0", "±", "5.0", "0.75", "±", "0.25"]
     assert table[3].split()[-1] == "-"
     steps, mean, std = mean_curve([[(0, 1.0), (10, 3.0), (20, 5.0)], [(0, 3.0), (10, 5.0)]])
     assert steps.tolist() == [0, 10] and mean.tolist() == [2.0, 4.0] and std.tolist() == [1.0, 1.0]

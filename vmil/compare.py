@@ -52,10 +52,43 @@ def load_runs(uri: str = DEFAULT_URI, experiment: str = DEFAULT_EXPERIMENT,
             continue  # not a vmil training run (e.g. an expert)
         if finished_only and run.info.status != "FINISHED":
             continue
+        metrics = dict(run.data.metrics)
+        preset, budget, unit = run_setting(tags, dict(run.data.params), metrics)
         out.append({"run_id": run.info.run_id, "algo": tags["algo"], "env": tags["env"],
                     "seed": int(tags.get("seed", -1)), "status": run.info.status,
-                    "start_time": run.info.start_time, "metrics": dict(run.data.metrics)})
+                    "start_time": run.info.start_time, "metrics": metrics,
+                    "preset": preset, "budget": budget, "budget_unit": unit, "sweep": tags.get("sweep")})
     return sorted(out, key=lambda r: (r["env"], r["algo"], r["seed"], r["start_time"]))
+
+
+def _size_presets() -> dict[str, dict[str, Any]]:
+    """configs/size/<preset>.yaml, flattened: what tells the presets apart in a run's params."""
+    import yaml
+
+    from vmil.config import configs_root, flatten
+
+    root = configs_root() / "size"
+    return {path.stem: flatten(yaml.safe_load(path.read_text()) or {}) for path in sorted(root.glob("*.yaml"))}
+
+
+def run_setting(tags: dict[str, str], params: dict[str, str], metrics: dict[str, float]) -> tuple[str, int, str]:
+    """(preset, budget, budget unit) of a run: from the tags the runner sets; for runs logged before
+    those tags, the budget from the params and the preset whose size file the params match best
+    ("?" when none matches more than half its keys), marked with a trailing "?"."""
+    if "budget" in tags:
+        budget, unit = int(float(tags["budget"])), tags.get("budget_unit", "env_steps")
+    elif metrics.get("env_steps", 0) > 0 or float(params.get("train.offline_updates", 0) or 0) == 0:
+        budget, unit = int(float(params.get("train.env_steps", 0) or 0)), "env_steps"
+    else:
+        budget, unit = int(float(params.get("train.offline_updates", 0) or 0)), "updates"
+    if "preset" in tags:
+        return tags["preset"], budget, unit
+    best, best_hits = "?", 0.0
+    for name, keys in _size_presets().items():
+        hits = sum(str(params.get(k)) == str(v) for k, v in keys.items()) / max(len(keys), 1)
+        if hits > 0.5 and hits > best_hits:
+            best, best_hits = f"{name}?", hits
+    return best, budget, unit
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -66,16 +99,17 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(runs: list[dict[str, Any]], env: str | None = None) -> list[dict[str, Any]]:
-    """Per (env, algo): seeds, final eval return mean/std over seeds, normalised score mean/std."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    """Per (env, algo, preset, budget) (never pooling presets or budgets): seeds, final eval return
+    mean/std over seeds, normalised score mean/std. `vmil compare` reports intervals (vmil.stats)."""
+    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         if env is None or run["env"] == env:
-            groups[(run["env"], run["algo"])].append(run)
+            groups[(run["env"], run["algo"], str(run.get("preset", "?")), int(run.get("budget", 0)))].append(run)
     rows = []
-    for (env_id, algo), members in sorted(groups.items()):
+    for (env_id, algo, preset, budget), members in sorted(groups.items()):
         ret_mean, ret_std = _mean_std([r["metrics"].get(RETURN) for r in members])
         score_mean, score_std = _mean_std([r["metrics"].get(SCORE) for r in members])
-        rows.append({"env": env_id, "algo": algo, "runs": len(members),
+        rows.append({"env": env_id, "algo": algo, "preset": preset, "budget": budget, "runs": len(members),
                      "seeds": sorted({r["seed"] for r in members}),
                      "return_mean": ret_mean, "return_std": ret_std,
                      "score_mean": score_mean, "score_std": score_std,
@@ -90,8 +124,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def fmt(mean: float | None, std: float | None, digits: int) -> str:
         return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
-    table = [("env", "algo", "runs", "final return", "normalised score")]
-    table += [(r["env"], r["algo"], str(r["runs"]), fmt(r["return_mean"], r["return_std"], 1),
+    table = [("env", "algo", "preset", "budget", "runs", "final return", "normalised score")]
+    table += [(r["env"], r["algo"], str(r.get("preset", "?")), str(r.get("budget", "?")), str(r["runs"]),
+               fmt(r["return_mean"], r["return_std"], 1),
                fmt(r["score_mean"], r["score_std"], 2)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
@@ -139,6 +174,49 @@ def plot_curves(runs: list[dict[str, Any]], uri: str = DEFAULT_URI, key: str = R
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def filter_runs(runs: list[dict[str, Any]], *, envs: list[str] | None = None, algos: list[str] | None = None,
+                presets: list[str] | None = None, sweep: str | None = None) -> list[dict[str, Any]]:
+    """The runs matching every filter given; a filter value no run has fails with the valid ones."""
+    import difflib
+
+    def check(name: str, wanted: list[str] | None, have: set[str]) -> None:
+        for value in wanted or []:
+            if value not in have:
+                near = difflib.get_close_matches(value, sorted(have), n=1)
+                raise TrackingError(f"no runs with {name} '{value}'" + (f"; did you mean {near[0]}?" if near else "")
+                                    + f" (the store has: {', '.join(sorted(have)) or 'none'})")
+
+    if sweep is not None:
+        check("sweep", [sweep], {r["sweep"] for r in runs if r.get("sweep")})
+        runs = [r for r in runs if r.get("sweep") == sweep]
+    for name, wanted in (("env", envs), ("algo", algos), ("preset", presets)):
+        check(name, wanted, {str(r[name]) for r in runs})
+        if wanted:
+            runs = [r for r in runs if str(r[name]) in wanted]
+    return runs
+
+
+def log_report(uri: str, files: list, tags: dict[str, str] | None = None,
+               experiment: str = "vmil-comparisons") -> str:
+    """Attach a comparison's files (compare.json, figures) to a new MLflow run of ``experiment``
+    (kept apart from the training runs it compares); returns the run id."""
+    import time
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"kind": "comparison", **(tags or {})})
+    try:
+        for path in files:
+            client.log_artifact(run.info.run_id, str(path), "comparison")
+    except Exception:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def has_runs(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> bool:
