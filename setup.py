@@ -37,12 +37,17 @@ setup(
         "tqdm>=4.66,<5",
         "pyyaml>=6,<7",
         "matplotlib>=3.9,<4",
+        # `vmil compare`'s statistics (stratified bootstrap, IQM, profiles); rliable 1.2 breaks on pandas 3.
+        "rliable==1.2.0",
+        "scipy>=1.11",
+        "pandas>=2,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "nbmake>=1.5", "ipykernel>=6"],
+        # ray is in dev too: the sweep test runs a local Ray instance (one ~65 MB wheel, ~10 s of the suite).
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "nbmake>=1.5", "ipykernel>=6", "ray==2.60.0"],
         "robotics": ["metaworld==3.1.1", "gymnasium-robotics==1.4.2"],
         "atari": ["ale-py>=0.9"],
-        "ray": ["ray"],
+        "ray": ["ray==2.60.0"],  # `vmil sweep` (a local instance by default, or a cluster with --address)
     },
     entry_points={"console_scripts": ["vmil=vmil.cli:main"]},
 )
