@@ -2,7 +2,7 @@
 
 - :class:`NatureCNN` (Mnih et al. 2015) and :class:`ImpalaLarge` (Espeholt et al. 2018): the baselines
   of the paper's Table 2.
-- :class:`RelationalAgent` (Table 1): one convolution, one 3-D max-pool over space *and* the frame
+- :class:`RelationalAgent` (Table 1): one convolution (8x8 / 4; 4x4 / 2 on frames under 64 pixels), one 3-D max-pool over space *and* the frame
   stack's features, pre-activation residual blocks (three 3x3 convolutions each), a second, feature-only
   max-pool, two more residual blocks. ``relational=True`` inserts the relational block after the first
   residual block (the Non-Local Agent); without it, it is the Local Agent.
@@ -148,9 +148,11 @@ class RelationalAgent(_Encoder):
     """Table 1(a): the Local Agent (``relational=False``) or the Non-Local Agent."""
 
     def __init__(self, in_shape: tuple[int, int, int], width: int = 32, hidden: int = 512,
-                 relational: bool = True, kernel: int = 8, stride: int = 4):
+                 relational: bool = True, kernel: int = 0, stride: int = 0):
         super().__init__()
         c = width
+        if not kernel:  # 8x8 / 4 on the paper's frames; 4x4 / 2 on small ones (32x32 -> 15x15)
+            kernel, stride = (8, 4) if min(in_shape[1:]) >= 64 else (4, 2)
         if c % 4:
             raise ValueError(f"RelationalAgent width must be a multiple of 4 (two feature pools), got {c}")
         layers: list[nn.Module] = [nn.Conv2d(in_shape[0], c, kernel, stride), nn.ReLU(), FeaturePool(2, 2),
@@ -209,8 +211,8 @@ class RewardNet(nn.Module):
                                   act(), wrap(nn.Linear(hidden, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> logits [B]."""
-        return self.head(self.convs(x).flatten(1)).squeeze(-1)
+        """[B, C, H, W] -> logits [B, 1]."""
+        return self.head(self.convs(x).flatten(1))
 
 
 def count_params(module: nn.Module) -> int:
