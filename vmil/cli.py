@@ -11,6 +11,7 @@ import difflib
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -254,6 +255,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vmil import sweep
+
+    spec = sweep.load_spec(args.spec, check_demos=not (args.status or args.dry_run))
+    if args.status or args.dry_run:
+        report = sweep.status(spec)
+        if args.dry_run:
+            for row, run in zip(report["runs"], spec.runs):
+                row["command"] = " ".join(run.command(spec))
+        if args.json:
+            _print_json(report)
+        else:
+            print(sweep.format_status(report))
+            if args.dry_run:
+                for row in report["runs"]:
+                    print(f"  {row['command']}")
+        return 0
+    if args.no_ray:
+        if args.address:
+            raise UsageError("vmil sweep", "--address needs Ray; drop --no-ray")
+        executor = sweep.LocalExecutor
+    else:
+        executor = lambda: sweep.RayExecutor(args.address, args.cpus)  # noqa: E731  (started only when needed)
+    start = time.time()
+    report = sweep.run_sweep(spec, executor)
+    report["wall_seconds"] = round(time.time() - start, 1)
+    if args.json:
+        _print_json(report)
+    else:
+        print(sweep.format_status(report))
+        print(f"wall time {report['wall_seconds']:.0f} s; compare them: vmil compare --sweep {spec.name} "
+              f"--tracking-uri {spec.tracking_uri} --out {spec.root / 'compare'}")
+    return 1 if report["failed"] else 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vmil.evaluate import evaluate_checkpoint
 
@@ -458,6 +494,19 @@ def build_parser() -> Parser:
                    help="extra MLflow tag (repeatable); the preset is tagged always")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.env_steps=5000")
     t.set_defaults(fn=cmd_train)
+
+    w = sub.add_parser("sweep", help="run a grid of training runs (algos x envs x presets x seeds) on Ray",
+                       description="Runs every run of SPEC that is not done: new ones start, killed ones resume "
+                                   "(vmil train --resume), failed ones are retried. Run it again at any time; "
+                                   "the spec format is in vmil/sweep.py and the README.")
+    w.add_argument("spec", metavar="SPEC.yaml")
+    w.add_argument("--address", default=None, help="Ray cluster: auto, or ray://HOST:PORT (default: a local instance)")
+    w.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all cores)")
+    w.add_argument("--no-ray", action="store_true", help="run one at a time without Ray")
+    w.add_argument("--status", action="store_true", help="print done / running / failed / stopped / pending and exit")
+    w.add_argument("--dry-run", action="store_true", help="check the spec, print the runs and their commands")
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(fn=cmd_sweep)
 
     v = sub.add_parser("eval", help="evaluate a run's last checkpoint with the deterministic policy")
     v.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
