@@ -56,6 +56,12 @@ def _readme_vmil_commands() -> list[list[str]]:
     return [argv for path in DOCS if path.exists() for argv in _commands(path, "vmil")]
 
 
+def test_readme_stays_short():
+    """A newcomer reads it in ten minutes; results and history belong in docs/."""
+    lines = len((ROOT / "README.md").read_text().splitlines())
+    assert lines <= 250, f"README.md has {lines} lines (at most 250): move details into docs/"
+
+
 def test_readme_names_vmil_commands():
     commands = _commands(ROOT / "README.md", "vmil")
     named = {argv[1] for argv in commands}
