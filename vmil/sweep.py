@@ -7,6 +7,7 @@ A spec (YAML)::
     algos: [vmil, patchail, bc]
     envs: [toy:reach]
     seeds: 5                        # 0..4, or a list [0, 1, 7]
+    algo_seeds: {vmil: 8}           # per algorithm, instead of seeds (optional)
     presets: [cpu]                  # default [cpu]
     overrides: [threads=1]          # every run (a list of key=value, or a mapping)
     algo_overrides:                 # per algorithm
@@ -43,8 +44,8 @@ from typing import Any, Callable, Protocol
 
 from vmil.rundir import RUN_FILE, SUMMARY_FILE
 
-SPEC_KEYS = ("name", "algos", "envs", "seeds", "presets", "overrides", "algo_overrides", "variants", "demos",
-             "root", "tracking_uri", "retries", "resources")
+SPEC_KEYS = ("name", "algos", "envs", "seeds", "algo_seeds", "presets", "overrides", "algo_overrides", "variants",
+             "demos", "root", "tracking_uri", "retries", "resources")
 REQUIRED_KEYS = ("name", "algos", "envs", "seeds")
 STATE_FILE = "sweep.json"
 LOG_DIR = "logs"
@@ -137,17 +138,17 @@ def _overrides(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def _seeds(spec: dict[str, Any]) -> list[int]:
-    seeds = spec["seeds"]
+def _seeds(spec: dict[str, Any], key: str = "seeds") -> list[int]:
+    seeds = spec[key]
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
-            raise SweepError(f"spec key 'seeds' must be >= 1 (a count) or a list of seeds, got {seeds}")
+            raise SweepError(f"spec key '{key}' must be >= 1 (a count) or a list of seeds, got {seeds}")
         return list(range(seeds))
     if isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         if len(set(seeds)) != len(seeds):
-            raise SweepError(f"spec key 'seeds' lists a seed twice: {seeds}")
+            raise SweepError(f"spec key '{key}' lists a seed twice: {seeds}")
         return seeds
-    raise SweepError(f"spec key 'seeds' must be a count (e.g. 5) or a list of ints, got {seeds!r}")
+    raise SweepError(f"spec key '{key}' must be a count (e.g. 5) or a list of ints, got {seeds!r}")
 
 
 def _demo_sets(spec: dict[str, Any], envs: list[str]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
@@ -228,6 +229,13 @@ def load_spec(path: str | Path, check_demos: bool = True) -> Sweep:
     for algo in per_algo:
         if algo not in algos:
             raise SweepError(f"{path}: algo_overrides for '{algo}', which is not in the sweep's algos" + _near(str(algo), algos))
+    algo_seeds = spec.get("algo_seeds") or {}
+    if not isinstance(algo_seeds, dict):
+        raise SweepError(f"{path}: spec key 'algo_seeds' must map algorithms to seed counts or lists")
+    for algo in algo_seeds:
+        if algo not in algos:
+            raise SweepError(f"{path}: algo_seeds for '{algo}', which is not in the sweep's algos" + _near(str(algo), algos))
+    seeds_of = {algo: _seeds(algo_seeds, algo) if algo in algo_seeds else seeds for algo in algos}
     variants = spec.get("variants") or {"": []}
     if not isinstance(variants, dict):
         raise SweepError(f"{path}: spec key 'variants' must map variant names to override lists")
@@ -275,7 +283,7 @@ def load_spec(path: str | Path, check_demos: bool = True) -> Sweep:
                         _check_demos(where, algo, module, cfg, demos)
                         checked.add((demos, algo, env, preset))
                     gpus = _gpus(gpus_spec, cfg.device, where)
-                    for seed in seeds:
+                    for seed in seeds_of[algo]:
                         env_dir = re.sub(r"[^A-Za-z0-9_.-]+", "_", env)
                         key = f"{algo}/{env_dir}/{preset}{'-' + variant if variant else ''}/s{seed}"
                         runs.append(RunSpec(key=key, algo=algo, env=env, preset=preset, variant=str(variant or ""),
