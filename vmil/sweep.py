@@ -586,7 +586,8 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
           f"run directories under {sweep.root}", file=sys.stderr)
     queue = list(todo)
     running: dict[Any, RunSpec] = {}
-    failed = 0
+    failed = finished = 0
+    started = time.time()
     bar = tqdm(total=len(sweep.runs), initial=done_before, desc=f"sweep {sweep.name}", unit="run", disable=quiet,
                dynamic_ncols=True)
 
@@ -603,10 +604,11 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
         executor = None  # nothing to run: no Ray instance is started
     elif isinstance(executor, type) or not hasattr(executor, "wait"):
         executor = executor()
+    slots = max(int(executor.slots // sweep.cpus), 1) if executor is not None else 1
     try:
         while queue or running:
             # Keep every slot busy (Ray queues what does not fit; the local executor runs one at a time).
-            while queue and len(running) < max(int(executor.slots // sweep.cpus), 1):
+            while queue and len(running) < slots:
                 submit(queue.pop(0))
             write_state(sweep, state)
             for handle, result in executor.wait(list(running), timeout=poll):
@@ -616,6 +618,11 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
                 if result["rc"] == 0 and sweep.run_status(run) == "done":
                     info.update(state="done", error=None)
                     bar.update(1)
+                    finished += 1
+                    if quiet:  # no bar (not a terminal): one line per finished run, for logs
+                        eta = (time.time() - started) / finished * (len(queue) + len(running))  # at the rate so far
+                        print(f"sweep: {run.key} done in {result.get('seconds', 0):.0f} s; {bar.n}/{len(sweep.runs)} "
+                              f"done, {failed} failed, ETA {eta / 60:.0f} min", file=sys.stderr, flush=True)
                 elif info["tries"] <= sweep.retries:
                     info.update(state="pending", error=result.get("error"))
                     bar.write(f"sweep: {run.key} failed ({result.get('error')}); trying again "
