@@ -6,6 +6,11 @@ in, a policy comes out. The learner is a config choice (``agent.rl.learner``) be
   reward is replaced by ``reward`` [B]
 - ``state_dict() / load_state_dict()``
 
+``ppo``: :mod:`vmil.rl.ppo` (on-policy, pixels only: its rollouts carry no state) with the reward
+model's reward in place of the env's (:class:`PPOWithReward`); the run then goes through the
+on-policy runner (rollouts of ``agent.rl.ppo.num_envs`` envs). Its settings are ``agent.rl.ppo.*``;
+``frame_stack`` and ``discount`` are the agent's.
+
 ``sac``: soft actor-critic for discrete (Christodoulou 2019: expectations over the actions) and
 continuous (tanh-Gaussian) actions, on state or pixels: the networks of ``vmil.experts.sac`` on the
 features of an :class:`~imitation.ifo.ObsEncoder` that the critic trains (the actor reads detached
@@ -26,12 +31,15 @@ from vmil.base import EnvSpec, TransitionBatch
 from vmil.config import doc
 from vmil.nn import adam, optimize, soft_update
 
-LEARNERS = ("sac",)
+from vmil.rl import ppo as _ppo
+
+LEARNERS = ("sac", "ppo")
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    learner: Literal["sac"] = doc("sac", "The RL learner: sac (discrete and continuous actions, state or pixels).")
+    learner: Literal["sac", "ppo"] = doc("sac", "The RL learner: sac (discrete and continuous actions, state or "
+                                                "pixels) or ppo (on-policy, pixels only).")
     hidden: int = doc(256, "Units per hidden layer of actor and critics.")
     layers: int = doc(2, "Hidden layers of actor and critics.")
     lr: float = doc(3e-4, "Adam learning rate of encoder, actor, critics and temperature.")
@@ -40,7 +48,11 @@ class LearnerConfig:
     alpha: float = doc(0.0, "Entropy coefficient lambda_H (eq. 15); 0 tunes it to the target entropy.")
     init_alpha: float = doc(0.1, "Initial temperature when it is tuned (alpha = 0).")
     discrete_entropy_ratio: float = doc(0.3, "Discrete actions: target entropy = ratio * log(n).")
-    reward_scale: float = doc(1.0, "The learned reward is multiplied by this before the TD target.")
+    reward_scale: float = doc(1.0, "The learned reward is multiplied by this before the learner sees it.")
+    ppo: _ppo.Config = doc(_ppo.Config(policy_net="small", value_net="small", num_envs=4, rollout_steps=128),
+                           "learner=ppo: PPO's settings (frame_stack and discount come from the agent).")
+    reward_steps_per_rollout: int = doc(100, "learner=ppo: reward-model updates per rollout (on minibatches of "
+                                             "that rollout's expert batch) until reward_updates are done.")
 
 
 class SACLearner:
@@ -153,9 +165,12 @@ class SACLearner:
             getattr(self, key).load_state_dict(state[key])
 
 
-def make_learner(cfg: LearnerConfig, spec: EnvSpec, encoder: torch.nn.Module, device: torch.device) -> SACLearner:
+def make_learner(cfg: LearnerConfig, spec: EnvSpec, encoder: torch.nn.Module, device: torch.device) -> SACLearner | None:
+    """The off-policy learner; None for ppo, which wraps the agent instead (:func:`with_learner`)."""
     if cfg.learner == "sac":
         return SACLearner(cfg, spec, encoder, device)
+    if cfg.learner == "ppo":
+        return None
     raise ValueError(f"unknown RL learner {cfg.learner!r} (valid: {', '.join(LEARNERS)})")
 
 
@@ -210,8 +225,9 @@ class RewardAgent:
 
     def fit_statistics(self, now: tuple, nxt: tuple) -> None:
         """Fix the input statistics on the first expert batch."""
-        for enc in (self.learner.encoder, self.learner.encoder_target):
-            enc.fit_state(now[1]) if now[1] is not None else None
+        if self.learner is not None and now[1] is not None:
+            for enc in (self.learner.encoder, self.learner.encoder_target):
+                enc.fit_state(now[1])
 
     def reward_step(self, expert: TransitionBatch, batch: TransitionBatch | None) -> tuple[dict, dict]:
         raise NotImplementedError
@@ -240,11 +256,70 @@ class RewardAgent:
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reward_model": self.reward_modules.state_dict(), "reward_opt": self.reward_opt.state_dict(),
-                "learner": self.learner.state_dict(), "reward_steps": self.reward_steps, "fitted": self.fitted}
+        out = {"reward_model": self.reward_modules.state_dict(), "reward_opt": self.reward_opt.state_dict(),
+               "reward_steps": self.reward_steps, "fitted": self.fitted}
+        if self.learner is not None:
+            out["learner"] = self.learner.state_dict()
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reward_modules.load_state_dict(state["reward_model"])
         self.reward_opt.load_state_dict(state["reward_opt"])
-        self.learner.load_state_dict(state["learner"])
+        if self.learner is not None:
+            self.learner.load_state_dict(state["learner"])
         self.reward_steps, self.fitted = int(state["reward_steps"]), bool(state["fitted"])
+
+
+class PPOWithReward(_ppo.PPO):
+    """PPO whose reward is a :class:`RewardAgent`'s: each rollout first continues fitting the reward
+    model (``reward_steps_per_rollout`` steps on minibatches of the rollout's expert batch, until
+    ``reward_updates``), then relabels the rollout with the frozen reward."""
+
+    def __init__(self, reward_agent: RewardAgent, spec: EnvSpec, device: torch.device):
+        import dataclasses
+
+        cfg = reward_agent.cfg
+        ppo_cfg = dataclasses.replace(cfg.rl.ppo, frame_stack=cfg.frame_stack, discount=cfg.rl.discount)
+        super().__init__(ppo_cfg, spec, device, expert_batch_size=cfg.expert_batch_size)
+        self.reward_agent = reward_agent
+
+    def rewards(self, rollout: Any, expert: TransitionBatch | None) -> tuple[torch.Tensor, dict[str, float]]:
+        ra = self.reward_agent
+        if expert is None:
+            raise ValueError(f"{ra.name}: the rollout came without an expert batch (request.expert_batch_size > 0)")
+        if not ra.fitted:
+            ra.fit_statistics(ra.inputs.now(expert), ra.inputs.next(expert))
+            ra.fitted = True
+        metrics: dict[str, float] = {}
+        size = min(ra.cfg.batch_size, expert.obs.shape[0])
+        for _ in range(min(ra.cfg.rl.reward_steps_per_rollout, ra.cfg.reward_updates - ra.reward_steps)):
+            idx = torch.randperm(expert.obs.shape[0], device=expert.obs.device)[:size]
+            part = TransitionBatch(*[None if x is None else x[idx] for x in expert])
+            metrics = {f"reward/{k}": v for k, v in ra.reward_step(part, None).items()}
+            ra.reward_steps += 1
+        t_len, n = rollout.reward.shape
+        obs = rollout.obs.to(self.device)
+        now = (obs[:-1].flatten(0, 1), None)
+        nxt = (obs[1:].flatten(0, 1), None)
+        with torch.no_grad():
+            reward, info = ra.reward(now, nxt, expert)
+        metrics.update(info)
+        return ra.cfg.rl.reward_scale * reward.view(t_len, n), metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "reward_agent": self.reward_agent.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.reward_agent.load_state_dict(state.pop("reward_agent"))
+        super().load_state_dict(state)
+
+
+def with_learner(agent: RewardAgent) -> Any:
+    """The agent to run: itself (sac), or PPO with its reward (ppo: pixels only)."""
+    if agent.cfg.rl.learner != "ppo":
+        return agent
+    if not agent.cfg.use_pixels or agent.cfg.use_proprio:
+        raise ValueError(f"{agent.name}: agent.rl.learner=ppo reads pixels only (its rollouts carry no state); set "
+                         "agent.use_pixels=true agent.use_proprio=false, or use agent.rl.learner=sac")
+    return PPOWithReward(agent, agent.spec, agent.device)

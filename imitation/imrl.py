@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from imitation.ifo import DeltaTarget, check_demos, imrl_reward, mlp
-from imitation.ifo_rl import RewardAgent, RewardAgentConfig
+from imitation.ifo_rl import RewardAgent, RewardAgentConfig, with_learner
 from vmil.base import EnvSpec, TransitionBatch
 from vmil.config import doc
 from vmil.nn import adam, optimize
@@ -80,7 +80,7 @@ class IMRL(RewardAgent):
         return r, {"reward_mean": float(r.mean()), "model_error": float(err.mean())}
 
 
-def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any = None) -> IMRL:
+def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any = None) -> Any:
     """Demos may be observation-only; a model fitted to a single transition is no model (>= 2)."""
     check_demos("imrl", spec, demos, cfg.use_proprio, min_transitions=2)
-    return IMRL(cfg, spec, device)
+    return with_learner(IMRL(cfg, spec, device))

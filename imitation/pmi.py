@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imitation.ifo import check_demos, info_nce_loss, mlp, softmax_reward, transition_accuracy
-from imitation.ifo_rl import RewardAgent, RewardAgentConfig
+from imitation.ifo_rl import RewardAgent, RewardAgentConfig, with_learner
 from vmil.base import EnvSpec, TransitionBatch
 from vmil.config import doc
 from vmil.nn import adam, optimize
@@ -136,7 +136,7 @@ def episode_accuracy(agent: PMI, episodes: list[Any]) -> float:
     return float(transition_accuracy(padded, torch.cat(positive), torch.cat(ids)))
 
 
-def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any = None) -> PMI:
+def build(cfg: Config, spec: EnvSpec, device: torch.device, demos: Any = None) -> Any:
     """Demos may be observation-only; they need at least 2 transitions (InfoNCE needs a negative)."""
     check_demos("pmi", spec, demos, cfg.use_proprio, min_transitions=2)
-    return PMI(cfg, spec, device)
+    return with_learner(PMI(cfg, spec, device))

@@ -302,3 +302,33 @@ def test_bco_learns_cartpole_from_state(tmp_path):
 @pytest.mark.slow
 def test_pmi_learns_cartpole_from_state(tmp_path):
     assert _learn("pmi", "gym:CartPole-v1", tmp_path)["eval_return_mean"] >= 450
+
+
+def test_pmi_on_the_ppo_learner_from_pixels(cartpole_demos, tmp_path):
+    """agent.rl.learner=ppo: the on-policy runner, the rollout relabelled with PMI's reward; its
+    checkpoint restores; state observations are refused (rollouts carry no state)."""
+    from vmil.checkpoint import load_checkpoint
+    from vmil.config import resolve
+    from vmil.registry import algo_module
+    from vmil.rl.onpolicy import OnPolicyRunner
+
+    pixels = ["agent.use_pixels=true", "agent.use_proprio=false", "agent.rl.learner=ppo", "env.image_size=32",
+              "agent.frame_stack=3"]
+    cfg = resolve("pmi", algo_module("pmi").Config, "gym:CartPole-v1", "smoke",
+                  ["device=cpu", "train.env_steps=64", "train.eval_every=64", *pixels])
+    from vmil.runner import build_run
+
+    runner = build_run(cfg, cartpole_demos, tmp_path / "run", tracking_uri="none", quiet=True)
+    try:
+        assert isinstance(runner, OnPolicyRunner)
+        summary = runner.run()
+    finally:
+        runner.close()
+    assert summary["updates"] >= 2 and runner.agent.reward_agent.reward_steps == 5  # 3 per rollout, 5 in all
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", algo="pmi")
+    agent = algo_module("pmi").build(cfg.agent, runner.spec, torch.device("cpu"), None)
+    agent.load_state_dict(payload["agent"])
+    assert agent.reward_agent.reward_steps == 5
+    with pytest.raises(ValueError, match="reads pixels only"):
+        algo_module("pmi").build(cfg.agent.__class__(**{**cfg.agent.__dict__, "use_proprio": True}), runner.spec,
+                                 torch.device("cpu"), None)
