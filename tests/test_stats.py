@@ -141,3 +141,5 @@ def test_compare_report_json_and_figures(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     with pytest.raises(stats.StatsError, match="unknown metric 'scor'; did you mean score"):
         stats.compare(runs, metric="scor")
+    with pytest.raises(stats.StatsError, match="none of the 12 runs logged eval/return_mean"):
+        stats.compare(runs, metric="return")

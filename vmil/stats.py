@@ -331,6 +331,10 @@ def compare(runs: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]
     fixed budgets and curve bands (the last two need ``curves`` of the same metric)."""
     if not runs:
         raise StatsError("no runs to compare (check --tracking-uri / --experiment and the filters)")
+    if not any(final_value(r, metric_key(metric)) is not None for r in runs):
+        raise StatsError(f"none of the {len(runs)} runs logged {metric_key(metric)}"
+                         + ("; the score needs demos with a positive mean return: use --metric return"
+                            if metric == "score" else ""))
     result: dict[str, Any] = {"metric": metric_key(metric), "confidence": CONFIDENCE, "bootstrap_reps": reps,
                               "seed": seed, "per_task": per_task(runs, metric, reps=reps, seed=seed),
                               "aggregates": aggregates(runs, metric, reps=reps, seed=seed,
