@@ -285,8 +285,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_json(report)
     else:
         print(sweep.format_status(report))
-        print(f"wall time {report['wall_seconds']:.0f} s; compare them: vmil compare --sweep {spec.name} "
-              f"--tracking-uri {spec.tracking_uri} --out {spec.root / 'compare'}")
+        hint = (f"; compare them: vmil compare --sweep {spec.name} --tracking-uri {spec.tracking_uri} "
+                f"--out {spec.root / 'compare'}") if spec.tracking_uri != "none" else ""
+        print(f"wall time {report['wall_seconds']:.0f} s{hint}")
     return 1 if report["failed"] else 0
 
 

@@ -20,7 +20,8 @@ A spec (YAML)::
     root: runs/sweeps               # run directories: ROOT/NAME/ALGO/ENV/PRESET[-VARIANT]/sSEED
     tracking_uri: sqlite:///mlflow.db
     retries: 2                      # a failed run is tried again (resumed from its checkpoint) this often
-    resources: {cpus: 1, gpus: auto}   # per run; gpus auto: 1 when the run's device is cuda (or auto on a GPU node)
+    resources: {cpus: 1, gpus: auto}   # per run; gpus auto: 1 when the run's device is cuda, or auto and this
+                                       # machine has a GPU (on a cluster whose driver has none, say gpus: 1)
 
 Every run is one ``vmil train`` process (``--resume`` when its directory already holds a run), so a
 sweep started again skips finished runs (``summary.json``), resumes killed ones from their last
