@@ -419,6 +419,8 @@ def _die_with_parent() -> None:
 def execute(command: list[str], log_path: str, threads: int = 1) -> dict[str, Any]:
     """Run one ``vmil train`` command to its end; its output goes to ``log_path``. Returns rc, seconds
     and the last error line. This is what a Ray task runs (on whichever node it lands)."""
+    if command[1:3] == ["-m", "vmil.cli"]:
+        command = [sys.executable] + command[1:]  # this node's interpreter (a cluster node's may live elsewhere)
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "egl")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -568,6 +570,12 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
     todo = [run for run in sweep.runs if sweep.run_status(run) != "done"]
     if todo:
         _init_store(sweep.tracking_uri)
+        if isinstance(executor, type) or not hasattr(executor, "wait"):
+            executor = executor()  # a factory: Ray starts only when something is left to run
+    else:
+        if hasattr(executor, "wait") and not isinstance(executor, type):
+            executor.shutdown()  # an executor was started, but nothing is left to run
+        executor = None
     state = read_state(sweep)
     state["name"] = sweep.name
     runs_state = state.setdefault("runs", {})
@@ -601,10 +609,6 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
         handle = executor.submit(run, run.command(sweep), str(log), sweep.cpus)
         running[handle] = run
 
-    if not todo:
-        executor = None  # nothing to run: no Ray instance is started
-    elif isinstance(executor, type) or not hasattr(executor, "wait"):
-        executor = executor()
     slots = max(int(executor.slots // sweep.cpus), 1) if executor is not None else 1
     try:
         while queue or running:
