@@ -107,3 +107,15 @@ def test_demos_convert_cli(tmp_path, capsys):
                  str(tmp_path / "big")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("vmil: error: ") and "smaller than 96x96" in err and "\n" not in err
+
+
+def test_recording_defaults_serve_every_algorithm():
+    """Without --algo, demos are recorded at the largest image size any algorithm resolves to."""
+    from imitation.patchail import Config
+    from vmil.config import resolve
+    from vmil.demos import serving_env_settings
+
+    paper = serving_env_settings("toy:reach", "paper")
+    assert paper == {"image_size": resolve("patchail", Config, "toy:reach", "paper").env.image_size, "grayscale": False}
+    assert paper["image_size"] == 84
+    assert serving_env_settings("toy:reach", "cpu")["image_size"] == 64  # VMIL's; PatchAIL's cpu preset uses 32
