@@ -309,6 +309,7 @@ BENCH_FLAGS = {
              "image_size": "image_size", "heap": "heap", "dense": "dense"},
     "patchail": {"algo": "algo", "batch": "batch", "device": "device", "threads": "threads",
                  "image_size": "image_size", "updates": "updates"},
+    "rm": {"algo": "algo", "device": "device", "threads": "threads", "image_size": "image_size", "updates": "updates"},
 }
 
 
@@ -522,7 +523,7 @@ def build_parser() -> Parser:
     b = sub.add_parser("bench", help="timings (JSON on stdout)",
                        description="env: frames/s with default vs fast rendering and 2 workers; replay: bytes "
                                    "per frame and batches/s; vmil / patchail: update time and FLOP/s.")
-    b.add_argument("what", choices=("env", "replay", "vmil", "patchail"))
+    b.add_argument("what", choices=("env", "replay", "vmil", "patchail", "rm"))
     b.add_argument("--env", default=None, help="env: env id (default dmc:cheetah_run)")
     b.add_argument("--image-size", type=int, default=None,
                    help="env (default 84), replay, patchail, vmil (default: the preset's, 64)")
@@ -535,7 +536,8 @@ def build_parser() -> Parser:
     b.add_argument("--expert-batch", type=int, default=None,
                    help="vmil: how many of the --batch world-model sequences are expert ones (default half)")
     b.add_argument("--seq", type=int, default=None, help="vmil: sequence length")
-    b.add_argument("--algo", default=None, help="patchail: which variant (default patchail)")
+    b.add_argument("--algo", default=None, help="patchail: which variant (default patchail); rm: which RM "
+                                                "configuration or gaifo / gail / ppo (default rm-nl-nl)")
     b.add_argument("--updates", type=int, default=None, help="vmil, patchail: timed updates")
     b.add_argument("--device", default=None, help="replay, vmil, patchail: cpu or cuda")
     b.add_argument("--threads", type=int, default=None, help="vmil, patchail: torch CPU threads")
