@@ -289,7 +289,7 @@ def at_budgets(runs: list[dict[str, Any]], curves: dict[str, list[tuple[int, flo
                 continue
             stats = interval_estimates({"x": np.array(values)[:, None]}, ("iqm", "mean"), reps=reps, seed=seed)["x"]
             rows.append({"env": env, "algo": algo, "preset": preset, "budget": budget, "step": step,
-                         "runs": len(values), **stats})
+                         "unit": members[0].get("budget_unit", "env_steps"), "runs": len(values), **stats})
     return rows
 
 
@@ -383,10 +383,12 @@ def format_comparison(result: dict[str, Any]) -> str:
         for p in agg.get("improvement", []):
             lines.append(f"P({p['x']} > {p['y']}) = {_ci(p, 2)}")
     if result.get("at_budgets"):
-        lines += ["", "At fixed step budgets (last evaluation at or before the step): IQM / mean [95% CI]"]
+        lines += ["", "At fixed step budgets (last evaluation at or before the step; updates for offline methods): "
+                      "IQM / mean [95% CI]"]
         rows = [("env", "algo", "preset", "budget", "step", "runs", "IQM", "mean")]
         for r in result["at_budgets"]:
-            rows.append((r["env"], r["algo"], r["preset"], str(r["budget"]), str(r["step"]), str(r["runs"]),
+            step = f"{r['step']}" + (" upd" if r.get("unit") == "updates" else "")
+            rows.append((r["env"], r["algo"], r["preset"], str(r["budget"]), step, str(r["runs"]),
                          _ci(r["iqm"], digits), _ci(r["mean"], digits)))
         lines += _table(rows)
     return "\n".join(lines)
