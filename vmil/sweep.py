@@ -600,6 +600,12 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
     bar = tqdm(total=len(sweep.runs), initial=done_before, desc=f"sweep {sweep.name}", unit="run", disable=quiet,
                dynamic_ncols=True)
 
+    def say(text: str) -> None:  # stderr: stdout stays for --json
+        if bar.disable:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            bar.write(text, file=sys.stderr)
+
     def submit(run: RunSpec) -> None:
         info = runs_state[run.key]
         info["attempts"] = info.get("attempts", 0) + 1
@@ -626,17 +632,17 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
                     finished += 1
                     if quiet:  # no bar (not a terminal): one line per finished run, for logs
                         eta = (time.time() - started) / finished * (len(queue) + len(running))  # at the rate so far
-                        print(f"sweep: {run.key} done in {result.get('seconds', 0):.0f} s; {bar.n}/{len(sweep.runs)} "
-                              f"done, {failed} failed, ETA {eta / 60:.0f} min", file=sys.stderr, flush=True)
+                        say(f"sweep: {run.key} done in {result.get('seconds', 0):.0f} s; {done_before + finished}/"
+                            f"{len(sweep.runs)} done, {failed} failed, ETA {eta / 60:.0f} min")
                 elif info["tries"] <= sweep.retries:
                     info.update(state="pending", error=result.get("error"))
-                    bar.write(f"sweep: {run.key} failed ({result.get('error')}); trying again "
-                              f"({info['tries']}/{sweep.retries} retries used)")
+                    say(f"sweep: {run.key} failed ({result.get('error')}); trying again "
+                        f"({info['tries']}/{sweep.retries} retries used)")
                     queue.append(run)
                 else:
                     info.update(state="failed", error=result.get("error"))
                     failed += 1
-                    bar.write(f"sweep: {run.key} failed {info['tries']} times; last error: {result.get('error')}")
+                    say(f"sweep: {run.key} failed {info['tries']} times; last error: {result.get('error')}")
             state["driver"]["heartbeat"] = time.time()
             bar.set_postfix(running=len(running), failed=failed)
     except KeyboardInterrupt:
