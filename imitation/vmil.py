@@ -161,7 +161,8 @@ class VMILAgent:
             action = torch.cat([agent_action, expert_action])
             wm_losses, post, _, metrics = self.wm.losses(
                 image, embed, action, is_first, proprio, free_nats=self.cfg.model.free_nats,
-                kl_balance=self.cfg.model.kl_balance, kl_mask=kl_mask, action_mask=recorded)
+                kl_balance=self.cfg.model.kl_balance, kl_mask=kl_mask, action_mask=recorded,
+                focus_fraction=self.cfg.model.image_focus_fraction if self.cfg.model.image_focus > 0 else 0.0)
         losses.update(wm_losses)
         return losses, post, expert_action, metrics
 
@@ -213,7 +214,7 @@ class VMILAgent:
             agent_action, agent_first = self._norm_action(batch.action), batch.is_first.to(dev)
             losses, post, expert_action, wm_metrics = self._model_fn(
                 image, is_first, self.proprio(batch, expert), agent_action, expert_given)
-            weights = {"image": cfg.model.image_scale, "kl": cfg.model.kl_scale,
+            weights = {"image": cfg.model.image_scale, "image_focus": cfg.model.image_focus, "kl": cfg.model.kl_scale,
                        "proprio": cfg.model.proprio_scale, "idm": cfg.idm_scale,
                        "latent_action": cfg.model.latent_action_scale}
             weights = {k: v for k, v in weights.items() if k in losses}

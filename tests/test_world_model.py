@@ -374,3 +374,18 @@ def test_world_model_learns_toy_reach_frames(size, toy_demos, tmp_path):
         history.append(losses["image"].item())
     start, end = np.mean(history[:3]), np.mean(history[-5:])
     assert end < 0.25 * start, f"image loss {start:.1f} -> {end:.1f}"
+
+
+def test_focus_loss_reads_only_each_frames_worst_pixels():
+    from world_model.model import focus_loss
+
+    image = torch.zeros(2, 3, 3, 4, 4)
+    recon = torch.zeros_like(image)
+    recon[0, 0, :, 1, 2] = 1.0  # squared error 3 at one pixel of frame 0
+    recon[1, 2, 0, 3, 3] = 2.0  # 4 at one pixel of frame 5
+    recon[1, 2, 1, 0, 0] = 0.5  # 0.25 at another pixel of frame 5
+    # Top 2 of 16 pixels per frame (fraction 0.125), summed, halved, averaged over the 6 frames.
+    assert focus_loss(recon, image, 0.125).item() == pytest.approx(0.5 * (3.0 + 4.25) / 6)
+    assert focus_loss(recon, image, 1 / 16).item() == pytest.approx(0.5 * (3.0 + 4.0) / 6)
+    full = 0.5 * (recon - image).pow(2).sum() / 6
+    assert focus_loss(recon, image, 1.0).item() == pytest.approx(full.item())

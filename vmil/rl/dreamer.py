@@ -133,7 +133,9 @@ class DreamerAgent:
                 embed = self.wm.encode(image, self.proprio(batch))
                 losses, post, _, wm_metrics = self.wm.losses(image, embed, action, is_first, self.proprio(batch),
                                                              free_nats=cfg.model.free_nats,
-                                                             kl_balance=cfg.model.kl_balance)
+                                                             kl_balance=cfg.model.kl_balance,
+                                                             focus_fraction=cfg.model.image_focus_fraction
+                                                             if cfg.model.image_focus > 0 else 0.0)
                 feat = self.wm.rssm.feat(post)
                 # reward[:, t] is the reward of arriving at obs[:, t]; an episode's first frame has none.
                 valid = (~is_first).float()
@@ -142,7 +144,8 @@ class DreamerAgent:
                 if self._use_continuation():
                     cont_logit = self.cont_head(feat).squeeze(-1).float()
                     losses["continuation"] = F.binary_cross_entropy_with_logits(cont_logit, (~terminal).float())
-            weights = {"image": cfg.model.image_scale, "kl": cfg.model.kl_scale, "proprio": cfg.model.proprio_scale,
+            weights = {"image": cfg.model.image_scale, "image_focus": cfg.model.image_focus, "kl": cfg.model.kl_scale,
+                       "proprio": cfg.model.proprio_scale,
                        "reward": cfg.reward_scale, "continuation": cfg.continuation_scale}
             weights = {k: v for k, v in weights.items() if k in losses}
             out = optimize(weighted_sum(losses, weights), self.opt_model, self._model_params, cfg.grad_clip)
