@@ -212,6 +212,11 @@ def cmd_expert_train(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vmil.runner import build_run, resume_run
 
+    if args.learners != 1 or int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        from vmil.rl.onpolicy import cli_train_learners  # gradient averaging over learners (torch.distributed)
+
+        return cli_train_learners(args, _print_json)
+
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in ("algo", "env", "demos", "preset", "seed", "run_dir", "tracking_uri")
                  if getattr(args, k) is not None] + (["--tag"] if args.tag else [])
@@ -492,6 +497,9 @@ def build_parser() -> Parser:
     t.add_argument("--run-dir", help="default: runs/<algo>-<env>-s<seed>-<time>")
     t.add_argument("--tracking-uri", help="MLflow store (default sqlite:///mlflow.db; 'none': no tracking)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run")
+    t.add_argument("--learners", type=int, default=1,
+                   help="on-policy algorithms (ppo, gail, gaifo, rm*): N learner processes with seeds seed..seed+N-1 "
+                        "averaging their gradients at every update (torch.distributed; or launch with torchrun)")
     t.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                    help="extra MLflow tag (repeatable); the preset is tagged always")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.env_steps=5000")

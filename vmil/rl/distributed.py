@@ -125,7 +125,8 @@ def _learner(rank_: int, world: int, init_method: str, backend: str, fn: Callabl
         shutdown()
 
 
-def launch(world: int, fn: Callable[..., Any], args: tuple = (), backend: str = "gloo") -> None:
+def launch(world: int, fn: Callable[..., Any], args: tuple = (), backend: str = "gloo",
+           run_dir: str | os.PathLike | None = None) -> None:
     """Run ``fn(rank, *args)`` in ``world`` spawned processes joined in one process group. When one
     learner fails the others are stopped and :class:`LearnerFailed` names the failed one."""
     import torch.multiprocessing as mp
@@ -139,14 +140,14 @@ def launch(world: int, fn: Callable[..., Any], args: tuple = (), backend: str = 
     except mp.ProcessRaisedException as err:
         first = str(err).strip().splitlines()
         why = first[-1] if first else "unknown error"
-        raise LearnerFailed(f"a learner failed ({why}); the others were stopped. {_where(args)}") from err
+        raise LearnerFailed(f"learner {err.error_index} failed ({why}); the others were stopped. "
+                            f"{_where(run_dir)}") from err
     except mp.ProcessExitedException as err:
         raise LearnerFailed(f"learner {err.error_index} died (exit code {err.exit_code}); the others were "
-                            f"stopped. {_where(args)}") from err
+                            f"stopped. {_where(run_dir)}") from err
 
 
-def _where(args: tuple) -> str:
-    run_dir = next((a for a in args if isinstance(a, (str, os.PathLike)) and os.path.isdir(a)), None)
+def _where(run_dir: str | os.PathLike | None) -> str:
     if run_dir is None:
         return "Learner 0's last checkpoint is intact; continue with `vmil train --resume RUN_DIR`."
     return f"Learner 0's last checkpoint in {run_dir} is intact; continue with `vmil train --resume {run_dir}`."

@@ -151,3 +151,135 @@ class OnPolicyRunner(Runner):
             self._window.clear()
             return
         super()._log()
+
+
+# ---------------------------------------------------------------------------------------------
+# Several learners: `vmil train --learners N` (or torchrun)
+
+
+def run_learner(rank: int, cfg: Any, demos_dir: Any, run_dir: Any, tracking_uri: str | None,
+                resume: bool = False, quiet: bool | None = None) -> dict[str, Any]:
+    """Learner ``rank``'s part of a run whose process group is already joined. Learner 0 is the run
+    (its directory, MLflow run and checkpoints); learner r > 0 collects with seed ``seed + r`` in a
+    scratch directory and logs nothing. On resume every learner loads learner 0's checkpoint."""
+    import dataclasses
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from vmil.checkpoint import load_checkpoint
+    from vmil.nn import seed_everything
+    from vmil.runner import build_run, resume_run
+
+    run_dir = Path(run_dir)
+    scratch = None
+    if rank == 0:
+        runner = resume_run(run_dir, quiet=quiet) if resume else build_run(cfg, demos_dir, run_dir, tracking_uri,
+                                                                          quiet=quiet)
+    else:
+        if resume:
+            from vmil.runner import load_run_config
+            cfg = load_run_config(run_dir)
+            demos_dir = __import__("json").loads((run_dir / "run.json").read_text())["demos"]
+        seed = cfg.seed + rank * LEARNER_SEED_STRIDE
+        scratch = Path(tempfile.mkdtemp(prefix=f"vmil-learner{rank}-"))
+        runner = build_run(dataclasses.replace(cfg, seed=seed), demos_dir, scratch / "run", "none", quiet=True)
+        runner.tracker = LearnerTracker()
+        if resume and (run_dir / CHECKPOINT_FILE).is_file():
+            runner.restore(load_checkpoint(run_dir / CHECKPOINT_FILE, algo=cfg.algo, map_location=runner.agent.device))
+            seed_everything(seed + 7919 * runner.updates)  # learner 0's random state was restored: own it again
+            runner.generator.manual_seed(seed + 7919 * runner.updates)
+    try:
+        return runner.run()
+    finally:
+        runner.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _learner_entry(rank: int, cfg: Any, demos_dir: Any, run_dir: str, tracking_uri: str | None, resume: bool,
+                   out: str) -> None:
+    summary = run_learner(rank, cfg, demos_dir, run_dir, tracking_uri, resume, quiet=None if rank == 0 else True)
+    if rank == 0:
+        import json
+        from pathlib import Path
+
+        Path(out).write_text(json.dumps(summary))
+
+
+def train_learners(learners: int, cfg: Any, demos_dir: Any, run_dir: Any, tracking_uri: str | None,
+                   resume: bool = False) -> tuple[dict[str, Any], Any]:
+    """``learners`` processes on this machine averaging their gradients at every update (gloo on the
+    CPU, nccl on GPUs); returns learner 0's summary and the run directory."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from vmil.registry import algo_module
+    from vmil.runner import default_run_dir
+
+    if learners < 1:
+        raise ValueError(f"--learners must be >= 1, got {learners}")
+    if not getattr(algo_module(cfg.algo), "ON_POLICY", False):
+        raise ValueError(f"--learners averages the gradients of the on-policy learners (ppo, gail, gaifo, rm, "
+                         f"rm-l-l, rm-l-nl, rm-nl-nl); {cfg.algo} runs as one learner")
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, out = tempfile.mkstemp(prefix="vmil-summary-", suffix=".json")
+    __import__("os").close(fd)
+    backend = distributed.backend_for(cfg.device)
+    try:
+        distributed.launch(learners, _learner_entry, (cfg, str(demos_dir) if demos_dir else None, str(run_dir),
+                                                      tracking_uri, resume, out), backend=backend, run_dir=run_dir)
+        return json.loads(Path(out).read_text()), run_dir
+    finally:
+        Path(out).unlink(missing_ok=True)
+
+
+def cli_train_learners(args: Any, print_json: Any) -> int:
+    """`vmil train --learners N ...` (spawns N learners here) or `torchrun ... vmil train ...` (this
+    process is one learner of torchrun's group)."""
+    import os
+    from pathlib import Path
+
+    from vmil.config import resolve
+    from vmil.registry import algo_module
+    from vmil.runner import default_run_dir, load_run_config
+
+    uri = args.tracking_uri or "sqlite:///mlflow.db"
+    if args.resume:
+        cfg = load_run_config(args.resume, args.overrides)
+        if args.overrides:
+            raise ValueError("--learners with --resume continues the run unchanged; train.* overrides apply to "
+                             "single-learner runs only")
+        run_dir, demos = Path(args.resume), None
+    else:
+        missing = [f"--{k}" for k in ("algo", "env") if getattr(args, k) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required (or --resume RUN_DIR)")
+        overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+        cfg = resolve(args.algo, algo_module(args.algo).Config, args.env, args.preset or "cpu", overrides)
+        run_dir, demos = (Path(args.run_dir) if args.run_dir else None), args.demos
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun: join its group
+        import torch.distributed as dist
+
+        if not getattr(algo_module(cfg.algo), "ON_POLICY", False):
+            raise ValueError(f"torchrun learners average the gradients of the on-policy learners; {cfg.algo} "
+                             "runs as one learner")
+        distributed.init_from_env(distributed.backend_for(cfg.device))
+        try:
+            names = [str(run_dir or default_run_dir(cfg))]
+            dist.broadcast_object_list(names, src=0)  # one run directory for every learner
+            summary = run_learner(dist.get_rank(), cfg, demos, names[0], uri, bool(args.resume),
+                                  quiet=None if dist.get_rank() == 0 else True)
+            run_dir = Path(names[0])
+        finally:
+            distributed.shutdown()
+        if distributed.rank() != 0 and not summary:
+            return 0
+    else:
+        summary, run_dir = train_learners(args.learners, cfg, demos, run_dir, uri, bool(args.resume))
+    print_json(summary)
+    print(f"run directory: {run_dir}  ({args.learners if args.learners > 1 else 'torchrun'} learners; resume: "
+          f"vmil train --resume {run_dir} --learners N; evaluate: vmil eval {run_dir})")
+    return 0
