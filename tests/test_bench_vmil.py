@@ -71,3 +71,15 @@ def test_bench_reports_its_keys(monkeypatch):
     assert dense_backend() == "onednn", "the benchmark must leave the process's dense backend as it found it"
     with pytest.raises(ValueError, match="not both"):
         bench_vmil("smoke", batch=2, seq=4, updates=1, warmup=0, peak_seconds=0.05, heap="compare", dense="compare")
+
+
+def test_sustained_gflops_survives_a_stall_before_its_first_call(monkeypatch):
+    """On a busy machine the process can be descheduled between starting the calibration clock and
+    the first call; the calibration still times at least one call (it divided by zero before)."""
+    from vmil.bench import vmil as bench
+
+    clock = iter(range(0, 10_000, 1))  # every reading one second later: the calibration window is gone at once
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    calls = []
+    gflops = bench._sustained_gflops(lambda: calls.append(1), 2e9, torch.device("cpu"), seconds=0.05)
+    assert gflops > 0 and len(calls) >= 2 + 1 + 3

@@ -41,7 +41,7 @@ def _sustained_gflops(fn, flop: float, device: torch.device, seconds: float) -> 
     _sync(device)
     t0 = time.perf_counter()
     iters = 0
-    while time.perf_counter() - t0 < seconds / 4:
+    while iters == 0 or time.perf_counter() - t0 < seconds / 4:  # at least one call, even when descheduled
         fn()
         iters += 1
     _sync(device)
