@@ -395,10 +395,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
             run_id = log_report(args.tracking_uri, files, tags)
             note += f"; MLflow run {run_id} (experiment vmil-comparisons) holds them"
         print(note, file=sys.stderr)
+    if args.ccdf:  # Relational Mimic's evaluation: CCDF of final returns over seeds, and its area
+        from vmil.compare import ccdf_rows, format_ccdf, plot_ccdf
+
+        result["ccdf"] = ccdf_rows(runs, stats.metric_key("return"))
+        path = Path(args.out or ".") / "ccdf.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot_ccdf(result["ccdf"]).savefig(path, dpi=120)
+        print(f"compare: CCDF plot written to {path}", file=sys.stderr)
     if args.json:
         _print_json(result)
     else:
         print(stats.format_comparison(result))
+        if args.ccdf:
+            print(format_ccdf(result["ccdf"]))
     return 0
 
 
@@ -603,6 +613,9 @@ def build_parser() -> Parser:
                                                "MLflow run in the experiment vmil-comparisons)")
     m.add_argument("--no-mlflow", action="store_true", help="with --out: do not log the report to MLflow")
     m.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    m.add_argument("--ccdf", action="store_true",
+                   help="also the complementary CDF of final returns over seeds per method and its area "
+                        "(`ccdf` in the JSON, with `ccdf_area`), plotted to ccdf.png (in --out, else here)")
     m.set_defaults(fn=cmd_compare)
     return p
 

@@ -253,3 +253,75 @@ def example_store(directory: str, algos: tuple[str, ...] = ("bc",), seeds: tuple
             finally:
                 runner.close()
     return uri
+
+
+# ---------------------------------------------------------------------------------------------
+# Relational Mimic's evaluation: the complementary CDF of returns over seeds and its area
+
+
+def ccdf(returns: list[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The empirical complementary CDF (survival function) of ``returns``: the sorted distinct
+    returns x and the fraction of returns strictly above each, P(R > x). Non-finite values are dropped."""
+    r = np.asarray([v for v in returns if v is not None and math.isfinite(v)], dtype=np.float64)
+    if r.size == 0:
+        return np.zeros(0), np.zeros(0)
+    r.sort()
+    xs = np.unique(r)
+    return xs, 1.0 - np.searchsorted(r, xs, side="right") / r.size
+
+
+def ccdf_area(returns: list[float] | np.ndarray, low: float = 0.0) -> float | None:
+    """Area under the CCDF from ``low``: the integral of P(R > x) dx over x >= low, which is
+    mean(max(R - low, 0)). The paper's areas (hundreds of thousands) are not normalised by the number
+    of returns; this one is, so methods with different seed counts compare."""
+    r = np.asarray([v for v in returns if v is not None and math.isfinite(v)], dtype=np.float64)
+    if r.size == 0:
+        return None
+    return float(np.maximum(r - low, 0.0).mean())
+
+
+def ccdf_rows(runs: list[dict[str, Any]], key: str = RETURN, low: float = 0.0) -> list[dict[str, Any]]:
+    """Per (env, algo, preset, budget): the final ``key`` of every run (seed), their CCDF and its area."""
+    from vmil import stats
+
+    rows = []
+    for (env_id, algo, preset, budget), members in stats.group_runs(runs).items():
+        values = [v for v in (stats.final_value(r, key) for r in members) if v is not None]
+        xs, frac = ccdf(values)
+        rows.append({"env": env_id, "algo": algo, "preset": preset, "budget": budget, "runs": len(values),
+                     "ccdf_area": ccdf_area(values, low), "ccdf_low": low,
+                     "ccdf": {"return": xs.tolist(), "fraction_above": frac.tolist()}})
+    return rows
+
+
+def plot_ccdf(rows: list[dict[str, Any]], key: str = RETURN):
+    """One panel per env, one step curve P(R > x) per algorithm (area in the legend). Returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r["env"] for r in rows})
+    fig, axes = plt.subplots(1, max(len(envs), 1), figsize=(5 * max(len(envs), 1), 3.5), squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        for r in rows:
+            if r["env"] != env_id or not r["ccdf"]["return"]:
+                continue
+            xs = [r["ccdf"]["return"][0]] + r["ccdf"]["return"]
+            ys = [1.0] + r["ccdf"]["fraction_above"]
+            ax.step(xs, ys, where="post", label=f"{r['algo']} ({r['runs']} seeds, area {r['ccdf_area']:.3g})")
+        ax.set_title(env_id)
+        ax.set_xlabel(f"final {key}")
+        ax.set_ylabel("fraction of seeds above")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def format_ccdf(rows: list[dict[str, Any]]) -> str:
+    lines = ["CCDF of final returns over seeds (area = mean of max(return - low, 0)):"]
+    for r in rows:
+        area = "-" if r["ccdf_area"] is None else f"{r['ccdf_area']:.4g}"
+        lines.append(f"  {r['env']}  {r['algo']}  {r['preset']}  runs {r['runs']}  ccdf_area {area}")
+    return "\n".join(lines)
