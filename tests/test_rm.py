@@ -154,3 +154,33 @@ def test_smoke_run(tmp_path, algo):
         runner.close()
     assert summary["updates"] == 4 and summary["eval_return_mean"] is not None
     assert np.isfinite(runner.tracker.history("train/disc_loss")[-1][1])
+
+
+def test_ppo_learns_from_hopper_pixels_in_grayscale_stacks():
+    """Relational Mimic's env: gym:Hopper-v5 from pixels (default camera), grayscale, frame stacks."""
+    pytest.importorskip("gymnasium")
+    from vmil.envs.vector import VectorEnv
+    from vmil.evaluate import FrameStack
+    from vmil.rl.ppo import Config, Rollout, build
+
+    vec = VectorEnv.from_id("gym:Hopper-v5", 2, num_workers=0, image_size=32, grayscale=True, action_repeat=1)
+    try:
+        assert vec.spec.obs_shape == (1, 32, 32) and vec.spec.action_dim == 3
+        agent = build(Config(num_envs=2, rollout_steps=4, frame_stack=4, epochs=1, minibatches=1, policy_net="local",
+                             value_net="nonlocal", net_width=8, hidden_dim=16), vec.spec, torch.device("cpu"))
+        stacks = [FrameStack(4) for _ in range(2)]
+        vs = vec.reset()
+        obs = np.stack([s.reset(vs.obs[i]) for i, s in enumerate(stacks)])
+        frames, actions, rewards = [obs.copy()], [], []
+        for _ in range(4):
+            raw = agent.act_batch(torch.from_numpy(obs))
+            vs = vec.step(list(agent.to_env_action(raw)))
+            obs = np.stack([s.push(vs.obs[i]) for i, s in enumerate(stacks)])
+            frames.append(obs.copy()), actions.append(raw), rewards.append(torch.from_numpy(vs.reward))
+        assert len({frames[-1][0, j].tobytes() for j in range(4)}) > 1  # the stack holds distinct frames
+        done = torch.zeros(4, 2, dtype=torch.bool)
+        rollout = Rollout(obs=torch.from_numpy(np.stack(frames)), action=torch.stack(actions),
+                          reward=torch.stack(rewards), terminal=done, last=done, valid=~done)
+        assert math.isfinite(agent.update(rollout, None, 8)["policy_loss"])
+    finally:
+        vec.close()
