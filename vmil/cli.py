@@ -212,7 +212,9 @@ def cmd_expert_train(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vmil.runner import build_run, resume_run
 
-    if args.learners != 1 or int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+    import os
+
+    if args.learners != 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from vmil.rl.onpolicy import cli_train_learners  # gradient averaging over learners (torch.distributed)
 
         return cli_train_learners(args, _print_json)

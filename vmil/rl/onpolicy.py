@@ -10,6 +10,8 @@ several learners (:mod:`vmil.rl.distributed`) only learner 0 writes checkpoints 
 from __future__ import annotations
 
 import functools
+import json
+import os
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 
 from vmil.evaluate import FrameStack
 from vmil.rl import distributed
-from vmil.runner import CHECKPOINT_FILE, Runner
+from vmil.runner import CHECKPOINT_FILE, RUN_FILE, Runner
 from vmil.tracking import MemoryTracker
 
 LEARNER_SEED_STRIDE = 1  # learner r collects with seed + r (the paper's learners differ only by seed)
@@ -180,7 +182,7 @@ def run_learner(rank: int, cfg: Any, demos_dir: Any, run_dir: Any, tracking_uri:
         if resume:
             from vmil.runner import load_run_config
             cfg = load_run_config(run_dir)
-            demos_dir = __import__("json").loads((run_dir / "run.json").read_text())["demos"]
+            demos_dir = json.loads((run_dir / RUN_FILE).read_text())["demos"]
         seed = cfg.seed + rank * LEARNER_SEED_STRIDE
         scratch = Path(tempfile.mkdtemp(prefix=f"vmil-learner{rank}-"))
         runner = build_run(dataclasses.replace(cfg, seed=seed), demos_dir, scratch / "run", "none", quiet=True)
@@ -201,7 +203,6 @@ def _learner_entry(rank: int, cfg: Any, demos_dir: Any, run_dir: str, tracking_u
                    out: str) -> None:
     summary = run_learner(rank, cfg, demos_dir, run_dir, tracking_uri, resume, quiet=None if rank == 0 else True)
     if rank == 0:
-        import json
         from pathlib import Path
 
         Path(out).write_text(json.dumps(summary))
@@ -211,7 +212,6 @@ def train_learners(learners: int, cfg: Any, demos_dir: Any, run_dir: Any, tracki
                    resume: bool = False) -> tuple[dict[str, Any], Any]:
     """``learners`` processes on this machine averaging their gradients at every update (gloo on the
     CPU, nccl on GPUs); returns learner 0's summary and the run directory."""
-    import json
     import tempfile
     from pathlib import Path
 
@@ -226,7 +226,7 @@ def train_learners(learners: int, cfg: Any, demos_dir: Any, run_dir: Any, tracki
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     fd, out = tempfile.mkstemp(prefix="vmil-summary-", suffix=".json")
-    __import__("os").close(fd)
+    os.close(fd)
     backend = distributed.backend_for(cfg.device)
     try:
         distributed.launch(learners, _learner_entry, (cfg, str(demos_dir) if demos_dir else None, str(run_dir),
@@ -239,7 +239,6 @@ def train_learners(learners: int, cfg: Any, demos_dir: Any, run_dir: Any, tracki
 def cli_train_learners(args: Any, print_json: Any) -> int:
     """`vmil train --learners N ...` (spawns N learners here) or `torchrun ... vmil train ...` (this
     process is one learner of torchrun's group)."""
-    import os
     from pathlib import Path
 
     from vmil.config import resolve
