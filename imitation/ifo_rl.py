@@ -49,8 +49,8 @@ class LearnerConfig:
     init_alpha: float = doc(0.1, "Initial temperature when it is tuned (alpha = 0).")
     discrete_entropy_ratio: float = doc(0.3, "Discrete actions: target entropy = ratio * log(n).")
     reward_scale: float = doc(1.0, "The learned reward is multiplied by this before the learner sees it.")
-    ppo: _ppo.Config = doc(_ppo.Config(policy_net="small", value_net="small", num_envs=4, rollout_steps=128),
-                           "learner=ppo: PPO's settings (frame_stack and discount come from the agent).")
+    ppo: _ppo.Config = doc(_ppo.Config(), "learner=ppo: PPO's settings (frame_stack and discount come from the "
+                                          "agent; the pmi / imrl presets pick small networks).")
     reward_steps_per_rollout: int = doc(100, "learner=ppo: reward-model updates per rollout (on minibatches of "
                                              "that rollout's expert batch) until reward_updates are done.")
 
