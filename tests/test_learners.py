@@ -65,3 +65,11 @@ def test_train_with_two_learners_through_the_cli(tmp_path, capsys):
     assert main(["train", "--algo", "bc", "--env", "toy:reach", "--demos", str(tmp_path / "demos"), "--preset",
                  "smoke", "--learners", "2", "--tracking-uri", "none"]) == 1
     assert "on-policy" in capsys.readouterr().err
+
+
+def test_more_cpu_learners_than_cores_warns(monkeypatch, capsys):
+    from vmil.rl import distributed
+
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 2)
+    assert distributed.warn_oversubscribed(3, "gloo") and "3 learners on 2 CPU cores" in capsys.readouterr().err
+    assert not distributed.warn_oversubscribed(2, "gloo") and not distributed.warn_oversubscribed(8, "nccl")

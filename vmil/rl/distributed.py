@@ -125,15 +125,23 @@ def _learner(rank_: int, world: int, init_method: str, backend: str, fn: Callabl
         shutdown()
 
 
+def warn_oversubscribed(world: int, backend: str) -> bool:
+    """Warn (stderr) when more CPU learners than cores are asked for; returns whether it warned."""
+    cores = os.cpu_count() or 1
+    if backend == "gloo" and world > cores:
+        print(f"vmil: warning: {world} learners on {cores} CPU cores without a GPU: they will share cores and "
+              "each update waits for the slowest", file=sys.stderr)
+        return True
+    return False
+
+
 def launch(world: int, fn: Callable[..., Any], args: tuple = (), backend: str = "gloo",
            run_dir: str | os.PathLike | None = None) -> None:
     """Run ``fn(rank, *args)`` in ``world`` spawned processes joined in one process group. When one
     learner fails the others are stopped and :class:`LearnerFailed` names the failed one."""
     import torch.multiprocessing as mp
 
-    if world > (os.cpu_count() or 1) and backend == "gloo":
-        print(f"vmil: warning: {world} learners on {os.cpu_count()} CPU cores without a GPU: they will share "
-              "cores and each update waits for the slowest", file=sys.stderr)
+    warn_oversubscribed(world, backend)
     init_method = f"tcp://127.0.0.1:{free_port()}"
     try:
         mp.spawn(_learner, args=(world, init_method, backend, fn, args), nprocs=world, join=True)

@@ -337,6 +337,7 @@ class PPO:
             idx = valid.flatten().nonzero().squeeze(1)
             x, action, old_log_prob = x[idx], action[idx], old_log_prob[idx]
             adv, target, old_value = adv.flatten()[idx], target.flatten()[idx], value[:-1].flatten()[idx]
+            adv_std = float(adv.std()) if idx.numel() > 1 else 0.0
             if cfg.normalize_advantages and idx.numel() > 1:
                 adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         weights = {"policy": 1.0, "value": cfg.value_weight, "entropy": cfg.entropy_weight}
@@ -360,7 +361,7 @@ class PPO:
         self.obs_norm.update(newest)
         self.updates += 1
         metrics.update({k: (v if k == "skipped" else v / count) for k, v in sums.items()})
-        metrics.update(value_mean=float(old_value.mean()), advantage_std=float(adv.std()) if adv.numel() > 1 else 0.0,
+        metrics.update(value_mean=float(old_value.mean()), advantage_std=adv_std,
                        true_reward_mean=float(rollout.reward[rollout.valid].mean()) if bool(rollout.valid.any()) else 0.0,
                        valid_fraction=float(rollout.valid.float().mean()))
         if not self.discrete:
