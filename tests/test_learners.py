@@ -62,6 +62,11 @@ def test_train_with_two_learners_through_the_cli(tmp_path, capsys):
     summary = json.loads(out[:out.index("\n}") + 2])
     assert summary["updates"] == 4 and (run / "checkpoints" / "last.pt").is_file()
     assert not (run / "learners").exists()  # learner 1 wrote nothing into the run
+    # Resume with more steps: both learners load learner 0's checkpoint and train on together.
+    assert main(["train", "--resume", str(run), "--learners", "2", "train.env_steps=180"]) == 0
+    out = capsys.readouterr().out
+    resumed = json.loads(out[:out.index("\n}") + 2])
+    assert resumed["updates"] > 4 and resumed["env_steps"] >= 180
     assert main(["train", "--algo", "bc", "--env", "toy:reach", "--demos", str(tmp_path / "demos"), "--preset",
                  "smoke", "--learners", "2", "--tracking-uri", "none"]) == 1
     assert "on-policy" in capsys.readouterr().err

@@ -160,10 +160,11 @@ class OnPolicyRunner(Runner):
 
 
 def run_learner(rank: int, cfg: Any, demos_dir: Any, run_dir: Any, tracking_uri: str | None,
-                resume: bool = False, quiet: bool | None = None) -> dict[str, Any]:
+                resume: bool = False, quiet: bool | None = None, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Learner ``rank``'s part of a run whose process group is already joined. Learner 0 is the run
     (its directory, MLflow run and checkpoints); learner r > 0 collects with seed ``seed + r`` in a
-    scratch directory and logs nothing. On resume every learner loads learner 0's checkpoint."""
+    scratch directory and logs nothing. On resume every learner loads learner 0's checkpoint and
+    applies the same ``train.*`` overrides."""
     import dataclasses
     import shutil
     import tempfile
@@ -176,12 +177,12 @@ def run_learner(rank: int, cfg: Any, demos_dir: Any, run_dir: Any, tracking_uri:
     run_dir = Path(run_dir)
     scratch = None
     if rank == 0:
-        runner = resume_run(run_dir, quiet=quiet) if resume else build_run(cfg, demos_dir, run_dir, tracking_uri,
-                                                                          quiet=quiet)
+        runner = (resume_run(run_dir, overrides, quiet=quiet) if resume
+                  else build_run(cfg, demos_dir, run_dir, tracking_uri, quiet=quiet))
     else:
         if resume:
             from vmil.runner import load_run_config
-            cfg = load_run_config(run_dir)
+            cfg = load_run_config(run_dir, overrides)
             demos_dir = json.loads((run_dir / RUN_FILE).read_text())["demos"]
         seed = cfg.seed + rank * LEARNER_SEED_STRIDE
         scratch = Path(tempfile.mkdtemp(prefix=f"vmil-learner{rank}-"))
@@ -200,8 +201,9 @@ def run_learner(rank: int, cfg: Any, demos_dir: Any, run_dir: Any, tracking_uri:
 
 
 def _learner_entry(rank: int, cfg: Any, demos_dir: Any, run_dir: str, tracking_uri: str | None, resume: bool,
-                   out: str) -> None:
-    summary = run_learner(rank, cfg, demos_dir, run_dir, tracking_uri, resume, quiet=None if rank == 0 else True)
+                   out: str, overrides: tuple[str, ...]) -> None:
+    summary = run_learner(rank, cfg, demos_dir, run_dir, tracking_uri, resume, quiet=None if rank == 0 else True,
+                          overrides=overrides)
     if rank == 0:
         from pathlib import Path
 
@@ -209,7 +211,7 @@ def _learner_entry(rank: int, cfg: Any, demos_dir: Any, run_dir: str, tracking_u
 
 
 def train_learners(learners: int, cfg: Any, demos_dir: Any, run_dir: Any, tracking_uri: str | None,
-                   resume: bool = False) -> tuple[dict[str, Any], Any]:
+                   resume: bool = False, overrides: tuple[str, ...] = ()) -> tuple[dict[str, Any], Any]:
     """``learners`` processes on this machine averaging their gradients at every update (gloo on the
     CPU, nccl on GPUs); returns learner 0's summary and the run directory."""
     import tempfile
@@ -230,7 +232,8 @@ def train_learners(learners: int, cfg: Any, demos_dir: Any, run_dir: Any, tracki
     backend = distributed.backend_for(cfg.device)
     try:
         distributed.launch(learners, _learner_entry, (cfg, str(demos_dir) if demos_dir else None, str(run_dir),
-                                                      tracking_uri, resume, out), backend=backend, run_dir=run_dir)
+                                                      tracking_uri, resume, out, tuple(overrides)),
+                           backend=backend, run_dir=run_dir)
         return json.loads(Path(out).read_text()), run_dir
     finally:
         Path(out).unlink(missing_ok=True)
@@ -247,10 +250,7 @@ def cli_train_learners(args: Any, print_json: Any) -> int:
 
     uri = args.tracking_uri or "sqlite:///mlflow.db"
     if args.resume:
-        cfg = load_run_config(args.resume, args.overrides)
-        if args.overrides:
-            raise ValueError("--learners with --resume continues the run unchanged; train.* overrides apply to "
-                             "single-learner runs only")
+        cfg = load_run_config(args.resume, args.overrides)  # only train.* may change
         run_dir, demos = Path(args.resume), None
     else:
         missing = [f"--{k}" for k in ("algo", "env") if getattr(args, k) is None]
@@ -270,14 +270,16 @@ def cli_train_learners(args: Any, print_json: Any) -> int:
             names = [str(run_dir or default_run_dir(cfg))]
             dist.broadcast_object_list(names, src=0)  # one run directory for every learner
             summary = run_learner(dist.get_rank(), cfg, demos, names[0], uri, bool(args.resume),
-                                  quiet=None if dist.get_rank() == 0 else True)
+                                  quiet=None if dist.get_rank() == 0 else True,
+                                  overrides=tuple(args.overrides) if args.resume else ())
             run_dir = Path(names[0])
         finally:
             distributed.shutdown()
         if distributed.rank() != 0 and not summary:
             return 0
     else:
-        summary, run_dir = train_learners(args.learners, cfg, demos, run_dir, uri, bool(args.resume))
+        summary, run_dir = train_learners(args.learners, cfg, demos, run_dir, uri, bool(args.resume),
+                                          tuple(args.overrides) if args.resume else ())
     print_json(summary)
     print(f"run directory: {run_dir}  ({args.learners if args.learners > 1 else 'torchrun'} learners; resume: "
           f"vmil train --resume {run_dir} --learners N; evaluate: vmil eval {run_dir})")
