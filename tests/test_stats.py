@@ -141,5 +141,7 @@ def test_compare_report_json_and_figures(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     with pytest.raises(stats.StatsError, match="unknown metric 'scor'; did you mean score"):
         stats.compare(runs, metric="scor")
-    with pytest.raises(stats.StatsError, match="none of the 12 runs logged eval/return_mean"):
-        stats.compare(runs, metric="return")
+    unscored = stats.compare(runs, metric="return", reps=10)
+    assert unscored["note"] == "none of the 12 runs logged eval/return_mean"
+    assert stats.format_comparison(unscored).startswith("note: none of the 12 runs logged eval/return_mean")
+    assert all(r["iqm"] is None for r in unscored["per_task"]) and "note" not in result

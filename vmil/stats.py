@@ -331,14 +331,14 @@ def compare(runs: list[dict[str, Any]], curves: dict[str, list[tuple[int, float]
     fixed budgets and curve bands (the last two need ``curves`` of the same metric)."""
     if not runs:
         raise StatsError("no runs to compare (check --tracking-uri / --experiment and the filters)")
-    if not any(final_value(r, metric_key(metric)) is not None for r in runs):
-        raise StatsError(f"none of the {len(runs)} runs logged {metric_key(metric)}"
-                         + ("; the score needs demos with a positive mean return: use --metric return"
-                            if metric == "score" else ""))
     result: dict[str, Any] = {"metric": metric_key(metric), "confidence": CONFIDENCE, "bootstrap_reps": reps,
                               "seed": seed, "per_task": per_task(runs, metric, reps=reps, seed=seed),
                               "aggregates": aggregates(runs, metric, reps=reps, seed=seed,
                                                        improvement_of=improvement_of)}
+    if not any(final_value(r, metric_key(metric)) is not None for r in runs):
+        result["note"] = (f"none of the {len(runs)} runs logged {metric_key(metric)}"
+                          + ("; the score needs demos with a positive mean return: try --metric return"
+                             if metric == "score" else ""))
     if curves is not None:
         result["at_budgets"] = at_budgets(runs, curves, list(budgets), reps=reps, seed=seed)
         result["curves"] = curve_bands(runs, curves, reps=min(reps, 500), seed=seed)
@@ -362,8 +362,9 @@ def format_comparison(result: dict[str, Any]) -> str:
     """The text report: per task, aggregates, improvement, sample efficiency."""
     digits = 2 if result["metric"] == SCORE else 1
     name = "normalised score" if result["metric"] == SCORE else "return"
-    lines = [f"Final {name} per (env, algo, preset, budget): point [95% stratified-bootstrap CI], "
-             f"{result['bootstrap_reps']} resamples"]
+    lines = [f"note: {result['note']}"] if result.get("note") else []
+    lines += [f"Final {name} per (env, algo, preset, budget): point [95% stratified-bootstrap CI], "
+              f"{result['bootstrap_reps']} resamples"]
     rows = [("env", "algo", "preset", "budget", "runs", "IQM", "mean", "median")]
     for r in result["per_task"]:
         runs = f"{r['scored_runs']}" if r["scored_runs"] == r["runs"] else f"{r['scored_runs']}/{r['runs']}"
