@@ -309,7 +309,8 @@ def plot_ccdf(rows: list[dict[str, Any]], key: str = RETURN):
                 continue
             xs = [r["ccdf"]["return"][0]] + r["ccdf"]["return"]
             ys = [1.0] + r["ccdf"]["fraction_above"]
-            ax.step(xs, ys, where="post", label=f"{r['algo']} ({r['runs']} seeds, area {r['ccdf_area']:.3g})")
+            ax.step(xs, ys, where="post",
+                    label=f"{r['algo']} {r['preset']} ({r['runs']} seeds, area {r['ccdf_area']:.3g})")
         ax.set_title(env_id)
         ax.set_xlabel(f"final {key}")
         ax.set_ylabel("fraction of seeds above")
