@@ -228,7 +228,7 @@ class VMILAgent:
             if self.opt_prior is not None:
                 dynamics = self.wm.dynamics_parameters()
                 for _ in range(cfg.model.prior_steps):
-                    fit = self.wm.prior_fit_loss(agent_post, agent_action, agent_first)
+                    fit = self.wm.prior_fit_loss(agent_post, agent_action, agent_first, cfg.model.prior_horizon)
                     out = optimize(fit, self.opt_prior, dynamics, cfg.grad_clip)
                     skipped += out["skipped"]
                 m["model/prior_fit"] = fit.detach()

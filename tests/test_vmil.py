@@ -385,7 +385,7 @@ def test_prior_steps_fit_only_the_dynamics_on_agent_sequences(monkeypatch):
                   model_warmup=10)
     seen = []
     fit = agent.wm.prior_fit_loss
-    monkeypatch.setattr(agent.wm, "prior_fit_loss", lambda post, a, f: seen.append(post.mean.shape[0]) or fit(post, a, f))
+    monkeypatch.setattr(agent.wm, "prior_fit_loss", lambda post, a, f, h=1: seen.append(post.mean.shape[0]) or fit(post, a, f, h))
     plain = build(False, model_warmup=10)
     plain.wm.load_state_dict(agent.wm.state_dict())
     batch, expert = make_batch(3, 6, True), make_batch(2, 6, False, seed=1)

@@ -389,3 +389,34 @@ def test_focus_loss_reads_only_each_frames_worst_pixels():
     assert focus_loss(recon, image, 1 / 16).item() == pytest.approx(0.5 * (3.0 + 4.0) / 6)
     full = 0.5 * (recon - image).pow(2).sum() / 6
     assert focus_loss(recon, image, 1.0).item() == pytest.approx(full.item())
+
+
+def test_multi_step_prior_fit_matches_an_open_loop_reference():
+    from world_model.model import WorldModel
+    from world_model.rssm import State, kl_normal
+
+    torch.manual_seed(0)
+    wm = WorldModel((3, 32, 32), 2, deter=8, stoch=4, hidden=8, depth=2)
+    B, T, S = 2, 5, 4
+    mean, std = torch.randn(B, T, S), torch.rand(B, T, S) + 0.1
+    post = State(mean, std, mean + std * torch.randn(B, T, S), torch.randn(B, T, 8))
+    action = torch.rand(B, T, 2) * 2 - 1
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[1, 3] = True  # an episode starts inside the second sequence
+    h = 3
+    total, count = 0.0, 0
+    for b in range(B):
+        for t in range(T - 1):
+            state = post.map(lambda x: x[b:b + 1, t])
+            for j in range(1, h + 1):
+                if t + j > T - 1 or bool(is_first[b, t + 1:t + j + 1].any()):
+                    break
+                state = wm.rssm.img_step(state, action[b:b + 1, t + j], sample=False)
+                total += kl_normal(mean[b, t + j], std[b, t + j], state.mean[0], state.std[0]).item()
+                count += 1
+    assert wm.prior_fit_loss(post, action, is_first, h).item() == pytest.approx(total / count, rel=1e-5)
+    one = wm.prior_fit_loss(post, action, is_first, 1).item()
+    assert one != pytest.approx(total / count)
+    with pytest.raises(ValueError, match="horizon"):
+        wm.prior_fit_loss(post, action, is_first, 0)

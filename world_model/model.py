@@ -35,6 +35,12 @@ class ModelConfig:
         0.0, "Weight of the latent-action loss: a linear map of the posterior step z_t+1 - z_t must recover "
              "the action a_t (E2C-style locally linear latents). It makes the prior's dependence on the action "
              "learnable within a few hundred updates on pixels; 0 disables it (the paper's model).")
+    prior_horizon: int = doc(
+        1, "Open-loop steps of each prior_steps fit: the prior, rolled forward from each posterior under the "
+           "recorded actions, is fitted to the posteriors 1..prior_horizon steps later. Where an action acts "
+           "through velocities its one-step effect is below the posterior's noise, and a one-step fit learns a "
+           "prior that ignores the actions (cartpole: the same 12-step predictions under true, zero and "
+           "negated actions); 1: one step.")
     prior_steps: int = doc(
         0, "Extra optimiser steps per update that fit only the dynamics (GRU input layer, GRU, prior head) one "
            "step ahead to the batch's detached posteriors of recorded-action sequences: "
@@ -67,6 +73,8 @@ class ModelConfig:
             raise ConfigError(f"agent.model.kl_balance must be in [0, 1) (0 disables it), got {self.kl_balance}")
         if self.latent_action_scale < 0:
             raise ConfigError(f"agent.model.latent_action_scale must be >= 0, got {self.latent_action_scale}")
+        if self.prior_horizon < 1:
+            raise ConfigError(f"agent.model.prior_horizon must be >= 1, got {self.prior_horizon}")
         if self.prior_steps < 0:
             raise ConfigError(f"agent.model.prior_steps must be >= 0, got {self.prior_steps}")
         if self.lr <= 0:
@@ -194,14 +202,39 @@ class WorldModel(nn.Module):
         r = self.rssm
         return [p for m in (r.inp, r.cell, r.prior_h, r.prior_out) for p in m.parameters()]
 
-    def prior_fit_loss(self, post: State, action: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
-        """One-step KL(post_t+1 || prior(post_t, a_t+1)) with both posteriors detached, averaged over
-        the transitions inside an episode: trains only :meth:`dynamics_parameters`. ``post`` [B, T, ...]
-        from :meth:`losses`, ``action`` [B, T, A] (the action that led to each frame, recorded)."""
-        prev, act, target, keep = _one_step_pairs(post.detach(), action, is_first)
-        prior = self.rssm.img_step(prev, act, sample=False)
-        kl = kl_normal(target.mean, target.std, prior.mean.float(), prior.std.float())
-        return (kl * keep).sum() / keep.sum().clamp(min=1.0)
+    def prior_fit_loss(self, post: State, action: torch.Tensor, is_first: torch.Tensor, horizon: int = 1
+                       ) -> torch.Tensor:
+        """Open-loop KL(post_t+j || prior_j(post_t, a_t+1..t+j)) for j = 1..``horizon`` from every
+        posterior state, the prior rolled forward on its own means under the recorded actions, with the
+        posteriors detached; averaged over the (start, j) pairs that stay inside an episode and the
+        sequence. Trains only :meth:`dynamics_parameters`. One step (horizon 1) leaves an action's effect
+        below the posterior's noise where it acts through velocities (cartpole: 0.5 a dt^2); a few
+        steps let it compound (PlaNet's overshooting, on the dynamics alone). ``post`` [B, T, ...] from
+        :meth:`losses`, ``action`` [B, T, A] (the action that led to each frame, recorded)."""
+        if horizon < 1:
+            raise ValueError(f"prior fit horizon must be >= 1, got {horizon}")
+        if horizon == 1:
+            prev, act, target, keep = _one_step_pairs(post.detach(), action, is_first)
+            prior = self.rssm.img_step(prev, act, sample=False)
+            kl = kl_normal(target.mean, target.std, prior.mean.float(), prior.std.float())
+            return (kl * keep).sum() / keep.sum().clamp(min=1.0)
+        post = post.detach()
+        B, T, A = action.shape
+        starts = torch.arange(T - 1, device=action.device)
+        state = post.map(lambda x: x[:, :-1].reshape(B * (T - 1), x.shape[-1]))
+        alive = torch.ones(B, T - 1, dtype=torch.bool, device=action.device)
+        total = action.new_zeros(())
+        count = action.new_zeros(())
+        for j in range(1, min(horizon, T - 1) + 1):
+            index = (starts + j).clamp(max=T - 1)
+            alive = alive & (starts + j <= T - 1) & ~is_first[:, index]
+            state = self.rssm.img_step(state, action[:, index].reshape(-1, A), sample=False)
+            target = post.map(lambda x: x[:, index].reshape(B * (T - 1), x.shape[-1]))
+            kl = kl_normal(target.mean, target.std, state.mean.float(), state.std.float())
+            weight = alive.reshape(-1).to(kl.dtype)
+            total = total + (kl * weight).sum()
+            count = count + weight.sum()
+        return total / count.clamp(min=1.0)
 
     @torch.no_grad()
     def action_sensitivity(self, post: State, action: torch.Tensor, is_first: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -145,7 +145,7 @@ class DreamerAgent:
                     cont_logit = self.cont_head(feat).squeeze(-1).float()
                     losses["continuation"] = F.binary_cross_entropy_with_logits(cont_logit, (~terminal).float())
             weights = {"image": cfg.model.image_scale, "image_focus": cfg.model.image_focus, "kl": cfg.model.kl_scale,
-                       "proprio": cfg.model.proprio_scale,
+                       "proprio": cfg.model.proprio_scale, "latent_action": cfg.model.latent_action_scale,
                        "reward": cfg.reward_scale, "continuation": cfg.continuation_scale}
             weights = {k: v for k, v in weights.items() if k in losses}
             out = optimize(weighted_sum(losses, weights), self.opt_model, self._model_params, cfg.grad_clip)
@@ -157,7 +157,7 @@ class DreamerAgent:
             if self.opt_prior is not None:
                 dynamics = self.wm.dynamics_parameters()
                 for _ in range(cfg.model.prior_steps):
-                    fit = self.wm.prior_fit_loss(post, action, is_first)
+                    fit = self.wm.prior_fit_loss(post, action, is_first, cfg.model.prior_horizon)
                     skipped += optimize(fit, self.opt_prior, dynamics, cfg.grad_clip)["skipped"]
                 m["model/prior_fit"] = fit.detach()
             m.update({f"model/{k}": v for k, v in self.wm.action_sensitivity(post, action, is_first).items()})
