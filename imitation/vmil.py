@@ -31,7 +31,7 @@ from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
 from vmil.checkpoint import load_parts, parts_state
 from vmil.nn import adam, linear_schedule, metrics_to_host, optimize, timed, weighted_sum
 from world_model.analysis import openloop_strips
-from world_model.behavior import ActorCritic, frozen, imagine, plan_action
+from world_model.behavior import ActorCritic, exploration_noise, frozen, imagine, plan_action
 from world_model.model import WorldModel
 from world_model.networks import InverseDynamics, preprocess_image
 from world_model.rssm import State
@@ -318,36 +318,17 @@ class VMILAgent:
 
     def _expl_amount(self) -> float:
         c = self.cfg
-        halvings = self._last_step / c.expl_decay if c.expl_decay else 0.0
-        return max(c.expl_noise * 0.5 ** halvings, c.expl_min)
+        return exploration_noise(self._last_step, c.expl_noise, c.expl_decay, c.expl_min)
 
     @torch.no_grad()
     def act(self, obs: Obs, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
-        image = torch.as_tensor(obs.image, device=self.device)
-        if tuple(image.shape) != tuple(self.spec.obs_shape) or image.dtype != torch.uint8:
-            raise ValueError(f"VMIL acts on uint8 images {self.spec.obs_shape}, got {image.dtype} {tuple(image.shape)}")
-        proprio = None
-        if self.cfg.model.proprio:
-            if obs.proprio is None:
-                raise ValueError("model.proprio=true but the observation has no proprioceptive state")
-            proprio = torch.as_tensor(obs.proprio, dtype=torch.float32, device=self.device)[None]
-        rssm = self.wm.rssm
-        if state is None or obs.first:
-            latent, prev = rssm.initial(1, self.device), torch.zeros(1, self.action_dim, device=self.device)
-        else:
-            latent, prev = state
-        embed = self.wm.encode(preprocess_image(image[None]), proprio)
-        # Evaluation filters with posterior means, so the deterministic policy is deterministic.
-        post, _ = rssm.obs_step(latent, prev, embed, sample=explore)
-        feat = rssm.feat(post)
+        post = self.wm.filter_obs(obs.image, obs.proprio, obs.first, state, explore, "VMIL")
+        feat = self.wm.rssm.feat(post)
         if explore:
-            action = self.ac.actor.sample(feat)[0]
-            amount = self._expl_amount()
-            if amount > 0:
-                action = (action + amount * torch.randn_like(action)).clamp(-1, 1)
+            action = self.ac.actor.explore(feat, self._expl_amount())
         elif self._plan_set is not None:
             b = self.cfg.behavior
-            plan = plan_action(rssm, self.ac.eval_actor(), self.ac.bootstrap_critic(), self._transition_reward, post,
+            plan = plan_action(self.wm.rssm, self.ac.eval_actor(), self.ac.bootstrap_critic(), self._transition_reward, post,
                                self._plan_set, b.gamma, b.plan_steps, b.plan_margin, b.plan_hold)
             action = plan.action
             self.plan_counts["steps"] += 1

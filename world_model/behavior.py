@@ -153,6 +153,13 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def exploration_noise(step: int, noise: float, halve_every: int, floor: float) -> float:
+    """The std of the noise added to explored actions at env step ``step``: ``noise`` halved every
+    ``halve_every`` steps (0: constant), never below ``floor``."""
+    halvings = step / halve_every if halve_every else 0.0
+    return max(noise * 0.5 ** halvings, floor)
+
+
 ACTOR_DISTS = ("tanh_normal", "normal")
 
 
@@ -208,6 +215,13 @@ class Actor(nn.Module):
         if not with_log_prob:
             return action, None, raw
         return action, self._jacobian(normal_log_prob(raw, mean, std.log()), raw), raw
+
+    def explore(self, feat: torch.Tensor, noise: float) -> torch.Tensor:
+        """A sampled action plus Gaussian noise of std ``noise`` (Dreamer's exploration), in [-1, 1]."""
+        action = self.sample(feat)[0]
+        if noise > 0:
+            action = (action + noise * torch.randn_like(action)).clamp(-1, 1)
+        return action
 
     def log_prob_of(self, feat: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """log-probability of given raw samples, differentiable in the actor's weights only (the score

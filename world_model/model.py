@@ -3,7 +3,7 @@ optional KL balancing, optional proprioception; no reward head) and open-loop pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -267,6 +267,30 @@ class WorldModel(nn.Module):
         prior = self.rssm.imagine_actions(action[:, context:], last, sample=False)
         feat = torch.cat([self.rssm.feat(post), self.rssm.feat(prior)], 1)
         return obs, postprocess_image(self.decoder(feat))
+
+    @torch.no_grad()
+    def filter_obs(self, image: Any, proprio: Any, first: bool, state: tuple[State, torch.Tensor] | None,
+                   sample: bool, who: str) -> State:
+        """One filtering step while acting: the posterior [1, ...] after the uint8 image [C, H, W] (and
+        proprioception [S] when the model reads it), from the last step's ``state`` = (posterior, action
+        in [-1, 1]), or from the initial state at an episode's first step. ``sample=False`` filters with
+        posterior means, so a deterministic policy is deterministic. ``who`` names the agent in errors."""
+        device = next(self.parameters()).device
+        image = torch.as_tensor(image, device=device)
+        if tuple(image.shape) != tuple(self.obs_shape) or image.dtype != torch.uint8:
+            raise ValueError(f"{who} acts on uint8 images {self.obs_shape}, got {image.dtype} {tuple(image.shape)}")
+        if self.proprio_encoder is not None:
+            if proprio is None:
+                raise ValueError("model.proprio=true but the observation has no proprioceptive state")
+            proprio = torch.as_tensor(proprio, dtype=torch.float32, device=device)[None]
+        else:
+            proprio = None
+        if state is None or first:
+            latent, prev = self.rssm.initial(1, device), torch.zeros(1, self.action_dim, device=device)
+        else:
+            latent, prev = state
+        post, _ = self.rssm.obs_step(latent, prev, self.encode(preprocess_image(image[None]), proprio), sample=sample)
+        return post
 
     @torch.no_grad()
     def decode_states(self, state: State) -> torch.Tensor:

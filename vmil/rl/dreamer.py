@@ -19,7 +19,7 @@ from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
 from vmil.checkpoint import load_parts, parts_state
 from vmil.config import ConfigError, doc
 from vmil.nn import adam, metrics_to_host, optimize, timed, weighted_sum
-from world_model.behavior import ActorCritic, BehaviorConfig, frozen, imagine
+from world_model.behavior import ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import mlp, preprocess_image
 from world_model.viz import openloop_strip
@@ -195,34 +195,14 @@ class DreamerAgent:
 
     # ------------------------------------------------------------------ acting
 
-    def _expl_amount(self) -> float:
-        c = self.cfg
-        halvings = self._last_step / c.expl_decay if c.expl_decay else 0.0
-        return max(c.expl_noise * 0.5 ** halvings, c.expl_min)
-
     @torch.no_grad()
     def act(self, obs: Obs, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
-        image = torch.as_tensor(obs.image, device=self.device)
-        if tuple(image.shape) != tuple(self.spec.obs_shape) or image.dtype != torch.uint8:
-            raise ValueError(f"Dreamer acts on uint8 images {self.spec.obs_shape}, got {image.dtype} "
-                             f"{tuple(image.shape)}")
-        proprio = None
-        if self.cfg.model.proprio:
-            if obs.proprio is None:
-                raise ValueError("model.proprio=true but the observation has no proprioceptive state")
-            proprio = torch.as_tensor(obs.proprio, dtype=torch.float32, device=self.device)[None]
-        rssm = self.wm.rssm
-        if state is None or obs.first:
-            latent, prev = rssm.initial(1, self.device), torch.zeros(1, self.action_dim, device=self.device)
-        else:
-            latent, prev = state
-        post, _ = rssm.obs_step(latent, prev, self.wm.encode(preprocess_image(image[None]), proprio), sample=explore)
-        feat = rssm.feat(post)
+        c = self.cfg
+        post = self.wm.filter_obs(obs.image, obs.proprio, obs.first, state, explore, "Dreamer")
+        feat = self.wm.rssm.feat(post)
         if explore:
-            action = self.ac.actor.sample(feat)[0]
-            amount = self._expl_amount()
-            if amount > 0:
-                action = (action + amount * torch.randn_like(action)).clamp(-1, 1)
+            action = self.ac.actor.explore(feat, exploration_noise(self._last_step, c.expl_noise, c.expl_decay,
+                                                                   c.expl_min))
         else:
             action = self.ac.eval_actor().mode(feat)
         env_action = (action * self._a_scale + self._a_shift)[0].cpu().numpy().astype(np.float32)
