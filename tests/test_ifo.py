@@ -296,11 +296,14 @@ def _learn(algo, env_id, tmp_path, overrides=()):
 
 @pytest.mark.slow
 def test_bco_learns_cartpole_from_state(tmp_path):
+    """The issue's target (>= 450) with the cpu preset (BCO(0)); docs/results.md: 500 on seed 0."""
     assert _learn("bco", "gym:CartPole-v1", tmp_path)["eval_return_mean"] >= 450
 
 
 @pytest.mark.slow
 def test_pmi_learns_cartpole_from_state(tmp_path):
+    """The issue's target (>= 450) with the cpu preset; docs/results.md: 224.7 on seed 0 (12k steps of
+    discrete SAC, still rising), so this check does not pass yet."""
     assert _learn("pmi", "gym:CartPole-v1", tmp_path)["eval_return_mean"] >= 450
 
 
