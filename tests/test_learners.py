@@ -78,3 +78,13 @@ def test_more_cpu_learners_than_cores_warns(monkeypatch, capsys):
     monkeypatch.setattr(distributed.os, "cpu_count", lambda: 2)
     assert distributed.warn_oversubscribed(3, "gloo") and "3 learners on 2 CPU cores" in capsys.readouterr().err
     assert not distributed.warn_oversubscribed(2, "gloo") and not distributed.warn_oversubscribed(8, "nccl")
+
+
+def test_the_earliest_reported_failure_is_named_not_the_first_exit_seen(tmp_path):
+    from vmil.rl.distributed import _first_failure
+
+    assert _first_failure(str(tmp_path)) is None
+    # Learner 0 lost its peer after learner 1 broke: its report is later, whatever order they exit in.
+    (tmp_path / "failure_0.txt").write_text("1700000000.5\nRuntimeError: Connection reset by peer")
+    (tmp_path / "failure_1.txt").write_text("1700000000.25\nRuntimeError: learner one broke")
+    assert _first_failure(str(tmp_path)) == (1, "RuntimeError: learner one broke")

@@ -17,6 +17,8 @@ import datetime
 import os
 import socket
 import sys
+import tempfile
+import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -117,12 +119,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _learner(rank_: int, world: int, init_method: str, backend: str, fn: Callable[..., Any], args: tuple) -> None:
+def _learner(rank_: int, world: int, init_method: str, backend: str, fn: Callable[..., Any], args: tuple,
+             report_dir: str) -> None:
     init(rank_, world, init_method, backend)
     try:
         fn(rank_, *args)
+    except BaseException as err:
+        # Written before this process exits and closes its connections, so the first learner to fail
+        # is the earliest report, whichever exit the launcher happens to notice first.
+        why = f"{type(err).__name__}: {err}".replace("\n", " ")
+        with open(os.path.join(report_dir, f"failure_{rank_}.txt"), "w") as f:
+            f.write(f"{time.time()!r}\n{why}")
+        raise
     finally:
         shutdown()
+
+
+def _first_failure(report_dir: str) -> tuple[int, str] | None:
+    """(rank, "Type: message") of the earliest failure a learner reported, or None."""
+    reports = []
+    for name in os.listdir(report_dir):
+        if name.startswith("failure_") and name.endswith(".txt"):
+            with open(os.path.join(report_dir, name)) as f:
+                stamp, _, why = f.read().partition("\n")
+            reports.append((float(stamp), int(name[len("failure_"):-len(".txt")]), why.splitlines()[0] if why else ""))
+    if not reports:
+        return None
+    _, rank_, why = min(reports)
+    return rank_, why
 
 
 def warn_oversubscribed(world: int, backend: str) -> bool:
@@ -143,16 +167,20 @@ def launch(world: int, fn: Callable[..., Any], args: tuple = (), backend: str = 
 
     warn_oversubscribed(world, backend)
     init_method = f"tcp://127.0.0.1:{free_port()}"
-    try:
-        mp.spawn(_learner, args=(world, init_method, backend, fn, args), nprocs=world, join=True)
-    except mp.ProcessRaisedException as err:
-        first = str(err).strip().splitlines()
-        why = first[-1] if first else "unknown error"
-        raise LearnerFailed(f"learner {err.error_index} failed ({why}); the others were stopped. "
-                            f"{_where(run_dir)}") from err
-    except mp.ProcessExitedException as err:
-        raise LearnerFailed(f"learner {err.error_index} died (exit code {err.exit_code}); the others were "
-                            f"stopped. {_where(run_dir)}") from err
+    with tempfile.TemporaryDirectory(prefix="vmil-learners-") as report_dir:
+        try:
+            mp.spawn(_learner, args=(world, init_method, backend, fn, args, report_dir), nprocs=world, join=True)
+        except mp.ProcessRaisedException as err:
+            # The learners that lost their peer fail too; name the one that failed first.
+            first = _first_failure(report_dir)
+            if first is None:
+                lines = str(err).strip().splitlines()
+                first = (err.error_index, lines[-1] if lines else "unknown error")
+            raise LearnerFailed(f"learner {first[0]} failed ({first[1]}); the others were stopped. "
+                                f"{_where(run_dir)}") from err
+        except mp.ProcessExitedException as err:
+            raise LearnerFailed(f"learner {err.error_index} died (exit code {err.exit_code}); the others were "
+                                f"stopped. {_where(run_dir)}") from err
 
 
 def _where(run_dir: str | os.PathLike | None) -> str:
