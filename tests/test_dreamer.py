@@ -119,3 +119,15 @@ def test_dreamer_batches_must_carry_rewards_and_actions():
     with pytest.raises(ValueError, match="uint8 obs"):
         agent.update(b._replace(obs=b.obs.float()), None, 0)
     assert np.isfinite(agent.update(b, None, 0)["model/reward"])
+
+
+def test_open_loop_strips_show_truth_prediction_and_error_rows():
+    agent = _agent()
+    b = _batch(B=3, T=6)
+    strips = agent.visualize(None, b, sequences=2)
+    assert set(strips) == {"openloop_agent"}
+    strip = strips["openloop_agent"]
+    # Two sequences x (truth, prediction, error) rows of 32-pixel frames, HWC uint8.
+    assert strip.dtype == np.uint8 and strip.ndim == 3 and strip.shape[2] == 3
+    assert strip.shape[0] >= 2 * 3 * 32
+    assert agent.visualize(None, b._replace(action=None)) == {}

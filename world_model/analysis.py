@@ -79,12 +79,22 @@ def openloop_strips(agent: Any, batches: dict[str, SequenceBatch | None], sequen
         if batch is None:
             continue
         agent.check_batch(batch, name)
-        T = min(agent.cfg.openloop_steps, batch.obs.shape[1])
-        b = agent.slice_batch(batch, sequences, T)
-        context = min(agent.cfg.openloop_context, T - 1)
-        truth, pred = agent.wm.open_loop(b.obs, agent.sequence_actions(b), b.is_first, context, agent.proprio(b))
-        out[name] = openloop_strip(truth, pred)
+        out[name] = batch_openloop_strip(agent.wm, batch, agent.sequence_actions, agent.proprio,
+                                         agent.cfg.openloop_steps, agent.cfg.openloop_context, sequences)
     return out
+
+
+@torch.no_grad()
+def batch_openloop_strip(wm: Any, batch: SequenceBatch, actions: Any, proprio: Any, steps: int, context: int,
+                         sequences: int = 4) -> np.ndarray:
+    """One open-loop prediction strip (HWC uint8) of the first ``sequences`` sequences' first ``steps``
+    frames: ``wm`` sees ``context`` of them, then only the actions ``actions(batch)`` gives (in
+    [-1, 1]); ``proprio(batch)`` gives the states the model reads, or None."""
+    T = min(steps, batch.obs.shape[1])
+    device = next(wm.parameters()).device
+    b = SequenceBatch(*(None if x is None else x[:sequences, :T].to(device) for x in batch))
+    truth, pred = wm.open_loop(b.obs, actions(b), b.is_first, min(context, T - 1), proprio(b))
+    return openloop_strip(truth, pred)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from vmil.nn import adam, metrics_to_host, optimize, timed, weighted_sum
 from world_model.behavior import ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import mlp, preprocess_image
-from world_model.viz import openloop_strip
+from world_model.analysis import batch_openloop_strip
 
 NEEDS_DEMOS = False  # learns from the true reward; demos, when given, only set the normalised score
 
@@ -129,9 +129,10 @@ class DreamerAgent:
             reward, terminal = batch.reward.to(dev, torch.float32), batch.terminal.to(dev)
             if bool(terminal.any()) and cfg.continuation == "auto":
                 self.seen_terminal = True
+            proprio = self.proprio(batch)
             with self._autocast():
-                embed = self.wm.encode(image, self.proprio(batch))
-                losses, post, _, wm_metrics = self.wm.losses(image, embed, action, is_first, self.proprio(batch),
+                embed = self.wm.encode(image, proprio)
+                losses, post, _, wm_metrics = self.wm.losses(image, embed, action, is_first, proprio,
                                                              free_nats=cfg.model.free_nats,
                                                              kl_balance=cfg.model.kl_balance,
                                                              focus_fraction=cfg.model.image_focus_fraction
@@ -214,17 +215,11 @@ class DreamerAgent:
     def visualize(self, expert: SequenceBatch | None, batch: SequenceBatch | None,
                   sequences: int = 4) -> dict[str, np.ndarray]:
         """Open-loop prediction strips of the agent's own sequences (and the demos', when given)."""
-        out = {}
-        for name, b in (("openloop_agent", batch), ("openloop_expert", expert)):
-            if b is None or b.action is None:
-                continue
-            T = min(self.cfg.openloop_steps, b.obs.shape[1])
-            cut = lambda x: None if x is None else x[:sequences, :T].to(self.device)  # noqa: E731
-            b = SequenceBatch(*(cut(x) for x in b))
-            truth, pred = self.wm.open_loop(b.obs, self._norm_action(b.action), b.is_first,
-                                            min(self.cfg.openloop_context, T - 1), self.proprio(b))
-            out[name] = openloop_strip(truth, pred)
-        return out
+        c = self.cfg
+        return {name: batch_openloop_strip(self.wm, b, lambda x: self._norm_action(x.action), self.proprio,
+                                           c.openloop_steps, c.openloop_context, sequences)
+                for name, b in (("openloop_agent", batch), ("openloop_expert", expert))
+                if b is not None and b.action is not None}
 
     # ------------------------------------------------------------------ persistence
 
