@@ -89,6 +89,10 @@ def test_dreamer_trains_without_demos_and_names_demos_without_reward(tmp_path, t
     finally:
         runner.close()
     assert summary["updates"] > 0 and summary["normalized_score"] is None
+    # Model health at every evaluation: imagined against real H-step returns of the eval policy.
+    for key in ("reward_head_corr", "imagined_return_mean", "real_return_mean", "imagined_return_corr"):
+        assert key in summary, key
+    assert summary["real_return_mean"] >= 0.0  # toy:reach rewards are non-negative
     assert json.loads((tmp_path / "run" / "run.json").read_text())["demos"] is None
     spec = EnvSpec("toy:reach", (3, 32, 32), 2)
     info = DemoInfo(directory="d", num_episodes=1, lengths=(3,), returns=(0.0,), return_mean=0.0, return_std=0.0,
@@ -131,3 +135,33 @@ def test_open_loop_strips_show_truth_prediction_and_error_rows():
     assert strip.dtype == np.uint8 and strip.ndim == 3 and strip.shape[2] == 3
     assert strip.shape[0] >= 2 * 3 * 32
     assert agent.visualize(None, b._replace(action=None)) == {}
+
+
+def test_imagined_vs_real_sums_the_prior_rollout_and_the_real_rewards_that_follow():
+    from world_model.analysis import imagined_vs_real
+    from world_model.rssm import RSSM
+
+    torch.manual_seed(0)
+    rssm = RSSM(action_dim=2, embed_dim=8, stoch=4, deter=6, hidden=8)
+    T, H = 7, 3
+    embed, action = torch.randn(1, T, 8), torch.rand(1, T, 2) * 2 - 1
+    is_first = torch.zeros(1, T, dtype=torch.bool)
+    is_first[0, 0] = True
+    post, _ = rssm.observe(embed, action, is_first, sample=False)
+    post = post.map(lambda x: x[0])
+    w_pol, w_rew = torch.randn(10, 2), torch.randn(10)
+    policy = lambda f: torch.tanh(f @ w_pol)  # noqa: E731
+    reward_fn = lambda f: f @ w_rew  # noqa: E731
+    reward = torch.arange(T, dtype=torch.float32)
+    imagined, real = imagined_vs_real(rssm, policy, reward_fn, post, reward, H)
+    assert imagined.shape == real.shape == (T - H,)
+    for t in range(T - H):
+        state, total = post.map(lambda x: x[t:t + 1].detach()), 0.0
+        with torch.no_grad():
+            for _ in range(H):
+                state = rssm.img_step(state, policy(rssm.feat(state)), sample=False)
+                total += float(reward_fn(rssm.feat(state)))
+        assert imagined[t].item() == pytest.approx(total, rel=1e-5, abs=1e-5)
+        assert real[t].item() == sum(range(t + 1, t + H + 1))  # rewards t+1 .. t+H
+    with pytest.raises(ValueError, match="horizon"):
+        imagined_vs_real(rssm, policy, reward_fn, post, reward, T)

@@ -357,7 +357,7 @@ class Runner:
         self._say(f"eval  {'update' if self.offline else 'step'} {step}  return {summary['return_mean']:.1f} "
                   f"± {summary['return_std']:.1f}{score}")
         self._bar.set_postfix(ret=f"{summary['return_mean']:.1f}")
-        if "reward_true_corr" in summary.get("health", {}):
+        if summary.get("health"):
             h = summary["health"]
             self._say("      health  " + "  ".join(f"{k} {v:.2f}" for k, v in h.items()))
         if video and result.frames:

@@ -15,6 +15,7 @@ import torch
 
 from vmil.base import EnvSpec, SequenceBatch
 from world_model.behavior import imagine
+from world_model.rssm import RSSM, State
 from world_model.networks import preprocess_image
 from world_model.viz import frame_grid, openloop_strip
 
@@ -52,6 +53,31 @@ def episodes_batch(directory: str | Path, spec: EnvSpec, indices: list[int], len
         raise ValueError(f"{directory}: episodes shorter than {length} frames; pass a smaller length")
     cat = lambda xs: None if any(x is None for x in xs) else torch.cat(xs)  # noqa: E731
     return SequenceBatch(*(cat(list(parts)) for parts in zip(*batches)))
+
+
+@torch.no_grad()
+def imagined_vs_real(rssm: RSSM, policy: Any, reward_fn: Any, post: State, reward: torch.Tensor,
+                     horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far the model's imagination of a policy is from what that policy met in the real env.
+
+    ``post`` [T, ...] are the posteriors along one real episode of ``policy`` (feat -> action) and
+    ``reward`` [T] its rewards (``reward[t]`` arrived with obs t). From every start t < T - horizon,
+    the prior is rolled ``horizon`` deterministic steps under ``policy``; returns (imagined, real) [T -
+    horizon]: the imagined sum of ``reward_fn`` (feat -> reward) and the real sum reward[t+1 .. t+H].
+    Imagined far above real means the actor exploits the model's errors."""
+    T = post.deter.shape[0]
+    if reward.shape != (T,):
+        raise ValueError(f"imagined_vs_real: reward must be [T={T}], got {tuple(reward.shape)}")
+    if not 1 <= horizon < T:
+        raise ValueError(f"imagined_vs_real: horizon must be in [1, T={T}), got {horizon}")
+    n = T - horizon
+    state = post.map(lambda x: x[:n])
+    imagined = torch.zeros(n, device=reward.device)
+    for _ in range(horizon):
+        state = rssm.img_step(state, policy(rssm.feat(state)), sample=False)
+        imagined = imagined + reward_fn(rssm.feat(state)).reshape(n).float()
+    real = reward[1:].float().unfold(0, horizon, 1).sum(-1)
+    return imagined, real
 
 
 def reward_figure(rewards: dict[str, np.ndarray], title: str = "discriminator reward along trajectories"):

@@ -22,7 +22,8 @@ from vmil.nn import adam, metrics_to_host, optimize, timed, weighted_sum
 from world_model.behavior import ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import mlp, preprocess_image
-from world_model.analysis import batch_openloop_strip
+from world_model.analysis import batch_openloop_strip, imagined_vs_real
+from imitation.health import episode_sequence, pearson
 
 NEEDS_DEMOS = False  # learns from the true reward; demos, when given, only set the normalised score
 
@@ -210,6 +211,35 @@ class DreamerAgent:
         return env_action, (post, action)
 
     # ------------------------------------------------------------------ diagnostics
+
+    @torch.no_grad()
+    def health(self, episodes: list, expert: Any, batch: Any) -> dict[str, float]:
+        """Model health on the evaluation's episodes (the deterministic policy's, with true rewards):
+        ``reward_head_corr``, the reward head on the posteriors against the true reward, and the
+        deterministic policy's imagined H-step reward sums against the real ones from the same states
+        (``imagined_return_mean``, ``real_return_mean``, ``imagined_return_corr``); imagined far above
+        real means the actor exploits the model."""
+        head, true, imagined, real = [], [], [], []
+        policy = self.ac.eval_actor().mode
+        for ep in episodes:
+            b = episode_sequence(ep, self.device)
+            T = b.obs.shape[1]
+            if b.action is None or T <= self.cfg.behavior.horizon + 1:
+                continue
+            embed = self.wm.encode(preprocess_image(b.obs), self.proprio(b))
+            post, _ = self.wm.rssm.observe(embed, self._norm_action(b.action), b.is_first, sample=False)
+            post = post.map(lambda x: x[0])
+            head.append(self.reward(self.wm.rssm.feat(post))[1:])
+            true.append(b.reward[0, 1:])
+            i, r = imagined_vs_real(self.wm.rssm, policy, self.reward, post, b.reward[0], self.cfg.behavior.horizon)
+            imagined.append(i)
+            real.append(r)
+        if not head:
+            return {}
+        imagined_all, real_all = torch.cat(imagined).cpu(), torch.cat(real).cpu()
+        return {"reward_head_corr": pearson(torch.cat(head).cpu(), torch.cat(true).cpu()),
+                "imagined_return_mean": float(imagined_all.mean()), "real_return_mean": float(real_all.mean()),
+                "imagined_return_corr": pearson(imagined_all, real_all)}
 
     @torch.no_grad()
     def visualize(self, expert: SequenceBatch | None, batch: SequenceBatch | None,
