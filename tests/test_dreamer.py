@@ -165,3 +165,26 @@ def test_imagined_vs_real_sums_the_prior_rollout_and_the_real_rewards_that_follo
         assert real[t].item() == sum(range(t + 1, t + H + 1))  # rewards t+1 .. t+H
     with pytest.raises(ValueError, match="horizon"):
         imagined_vs_real(rssm, policy, reward_fn, post, reward, T)
+
+
+def test_dreamer_plans_its_deterministic_actions_with_the_reward_head_and_critic():
+    """behavior.plan_candidates: evaluation actions are plan_action's over the fixed candidate set,
+    scored by the reward head and the critic; exploration stays the actor's."""
+    from vmil.base import Obs
+    from world_model.behavior import plan_action
+
+    torch.manual_seed(0)
+    agent = _agent(**{"behavior.plan_candidates": 8, "behavior.plan_steps": 2})
+    assert agent._plan_set.shape == (8, 2) and agent._plan_set.abs().max() <= 1
+    frame = np.random.default_rng(1).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    rng = torch.get_rng_state()
+    action, (post, _) = agent.act(Obs(frame, None, True), None, explore=False)
+    assert torch.equal(torch.get_rng_state(), rng)  # evaluations leave the training's draws alone
+    b = agent.cfg.behavior
+    reward = lambda s, a, nxt: agent.reward(agent.wm.rssm.feat(nxt))  # noqa: E731
+    plan = plan_action(agent.wm.rssm, agent.ac.eval_actor(), agent.ac.bootstrap_critic(), reward, post,
+                       agent._plan_set, b.gamma, b.plan_steps)
+    assert np.allclose(action, plan.action[0].numpy())
+    assert agent.plan_counts == {"steps": 1, "replaced": int(plan.replaced[0])}
+    agent.act(Obs(frame, None, True), None, explore=True)
+    assert agent.plan_counts["steps"] == 1

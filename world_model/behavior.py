@@ -80,7 +80,7 @@ class BehaviorConfig:
     plan_candidates: int = doc(
         0, "Decision-time planning for the deterministic (evaluation) policy: this many fixed candidate actions "
            "(a scrambled Sobol set over [-1, 1]^A), and the actor's own first action, are each held for plan_steps "
-           "prior steps and scored r-sum + gamma^k V with D's reward and the critic; the best replaces the "
+           "prior steps and scored r-sum + gamma^k V with the agent's reward (D's for VMIL, the reward head's for Dreamer) and the critic; the best replaces the "
            "actor's action where it beats the actor's own k-step rollout. Training and exploration are "
            "unchanged. 0 acts with the actor alone (Dreamer / VMIL).")
     plan_steps: int = doc(10, "Prior steps each planning candidate (and the actor's rollout it is compared with) "

@@ -19,7 +19,7 @@ from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
 from vmil.checkpoint import load_parts, parts_state
 from vmil.config import ConfigError, doc
 from vmil.nn import adam, metrics_to_host, optimize, timed, weighted_sum
-from world_model.behavior import ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine
+from world_model.behavior import ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine, plan_action
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import mlp, preprocess_image
 from world_model.analysis import batch_openloop_strip, imagined_vs_real
@@ -86,6 +86,11 @@ class DreamerAgent:
         self._last_step = 0
         low, high = spec.action_low, spec.action_high
         self._a_scale, self._a_shift = (high - low) / 2.0, (high + low) / 2.0
+        b = cfg.behavior
+        # Fixed candidates (own generator), so planning in evaluations leaves the training streams alone.
+        self._plan_set = (torch.quasirandom.SobolEngine(spec.action_dim, scramble=True, seed=0)
+                          .draw(b.plan_candidates).to(device) * 2 - 1 if b.plan_candidates else None)
+        self.plan_counts = {"steps": 0, "replaced": 0}  # the deterministic policy's steps, and the planner's
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
@@ -116,6 +121,9 @@ class DreamerAgent:
 
     def reward(self, feat: torch.Tensor) -> torch.Tensor:
         return self.reward_head(feat).squeeze(-1)
+
+    def _plan_reward(self, state: Any, action: torch.Tensor, nxt: Any) -> torch.Tensor:
+        return self.reward(self.wm.rssm.feat(nxt))
 
     def update(self, batch: SequenceBatch, expert: Any, step: int) -> dict[str, float]:
         if batch is None:
@@ -205,6 +213,13 @@ class DreamerAgent:
         if explore:
             action = self.ac.actor.explore(feat, exploration_noise(self._last_step, c.expl_noise, c.expl_decay,
                                                                    c.expl_min))
+        elif self._plan_set is not None:
+            b = c.behavior
+            plan = plan_action(self.wm.rssm, self.ac.eval_actor(), self.ac.bootstrap_critic(), self._plan_reward, post,
+                               self._plan_set, b.gamma, b.plan_steps, b.plan_margin, b.plan_hold)
+            action = plan.action
+            self.plan_counts["steps"] += 1
+            self.plan_counts["replaced"] += int(plan.replaced.sum())
         else:
             action = self.ac.eval_actor().mode(feat)
         env_action = (action * self._a_scale + self._a_shift)[0].cpu().numpy().astype(np.float32)
