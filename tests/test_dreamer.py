@@ -188,3 +188,53 @@ def test_dreamer_plans_its_deterministic_actions_with_the_reward_head_and_critic
     assert agent.plan_counts == {"steps": 1, "replaced": int(plan.replaced[0])}
     agent.act(Obs(frame, None, True), None, explore=True)
     assert agent.plan_counts["steps"] == 1
+
+
+def test_disagreement_ensemble_agrees_on_its_data_and_not_off_it():
+    from world_model.ensemble import DisagreementEnsemble
+
+    torch.manual_seed(0)
+    ens = DisagreementEnsemble(feat_dim=3, action_dim=1, target_dim=2, heads=5, units=32, layers=2)
+    opt = torch.optim.Adam(ens.parameters(), 3e-3)
+    w = torch.randn(4, 2)
+    for _ in range(400):
+        feat, action = torch.rand(64, 3) * 0.5, torch.rand(64, 1) * 0.5  # the data: a small corner
+        loss = ens.loss(feat, action, torch.cat([feat, action], -1) @ w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    on = ens.disagreement(torch.rand(256, 3) * 0.5, torch.rand(256, 1) * 0.5).mean()
+    off = ens.disagreement(3 + torch.rand(256, 3), 3 + torch.rand(256, 1)).mean()
+    assert off > 20 * on, (float(on), float(off))
+    # The mask drops transitions that cross an episode start: the loss is that of the kept ones.
+    feat, action, target = torch.randn(2, 4, 3), torch.randn(2, 4, 1), torch.randn(2, 4, 2)
+    mask = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    assert torch.allclose(ens.loss(feat, action, target, mask), ens.loss(feat[mask], action[mask], target[mask]))
+    assert ens(feat, action).shape == (5, 2, 4, 2)
+    with pytest.raises(ValueError, match="at least 2 heads"):
+        DisagreementEnsemble(3, 1, 2, heads=1, units=8, layers=1)
+
+
+def test_dreamer_subtracts_the_ensembles_disagreement_from_imagined_rewards():
+    agent = _agent(disagreement_heads=3, disagreement_penalty=2.5)
+    torch.manual_seed(0)
+    H, N = 4, 6
+    feats, actions = torch.randn(H + 1, N, agent.wm.feat_dim), torch.rand(H, N, 2) * 2 - 1
+    metrics: dict = {}
+    got = agent.imagined_reward(feats, actions, metrics)
+    want = agent.reward(feats[1:]) - 2.5 * agent.ensemble(feats[:-1], actions).var(0, unbiased=False).mean(-1)
+    assert got.shape == (H, N) and torch.allclose(got, want, atol=1e-6)
+    assert float(metrics["reward/disagreement"]) > 0
+    before = [p.detach().clone() for p in agent.ensemble.parameters()]
+    m = agent.update(_batch(), None, step=0)
+    assert "model/ensemble" in m and "reward/disagreement" in m
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.ensemble.parameters()))
+    state = agent.state_dict()
+    assert "ensemble" in state and "opt_ensemble" in state
+    other = _agent(disagreement_heads=3, disagreement_penalty=2.5)
+    other.load_state_dict(state)
+    assert torch.allclose(other.imagined_reward(feats, actions, {}), agent.imagined_reward(feats, actions, {}))
+    with pytest.raises(Exception, match="needs an ensemble"):
+        _agent(disagreement_penalty=1.0)
+    with pytest.raises(Exception, match="disagreement_heads must be 0"):
+        _agent(disagreement_heads=1)

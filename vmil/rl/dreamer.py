@@ -20,6 +20,7 @@ from vmil.checkpoint import load_parts, parts_state
 from vmil.config import ConfigError, doc
 from vmil.nn import adam, metrics_to_host, optimize, timed, weighted_sum
 from world_model.behavior import ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine, plan_action
+from world_model.ensemble import DisagreementEnsemble
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import mlp, preprocess_image
 from world_model.analysis import batch_openloop_strip, imagined_vs_real
@@ -46,6 +47,12 @@ class Config:
     expl_decay: int = doc(0, "Env steps over which the exploration noise halves; 0 keeps it constant.")
     expl_min: float = doc(0.0, "Lower bound of the decayed exploration noise.")
     model_warmup: int = doc(0, "First updates that train only the world model and its heads.")
+    disagreement_heads: int = doc(
+        0, "One-step latent predictors (feat_t, a_t) -> z_t+1 trained beside the model; their disagreement "
+           "measures what the model has hardly seen (world_model.ensemble). 0 builds none; else >= 2.")
+    disagreement_penalty: float = doc(
+        0.0, "Weight of the ensemble's disagreement subtracted from every imagined reward, so the actor does "
+             "not exploit transitions the model knows little about (0: off; needs disagreement_heads).")
     openloop_context: int = doc(5, "Frames the open-loop prediction strip conditions on.")
     openloop_steps: int = doc(20, "Frames shown in the open-loop strip (context included).")
     amp: Literal["none", "bf16"] = doc("none", "Autocast the update's forward passes to bf16.")
@@ -57,9 +64,13 @@ class Config:
         if self.seq_len < 2:
             raise ConfigError(f"agent.seq_len must be >= 2 (transitions need two frames), got {self.seq_len}")
         for name in ("head_layers", "reward_scale", "continuation_scale", "grad_clip", "expl_noise", "expl_decay",
-                     "expl_min", "model_warmup"):
+                     "expl_min", "model_warmup", "disagreement_penalty"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"agent.{name} must be >= 0, got {getattr(self, name)}")
+        if self.disagreement_heads == 1 or self.disagreement_heads < 0:
+            raise ConfigError(f"agent.disagreement_heads must be 0 (none) or >= 2, got {self.disagreement_heads}")
+        if self.disagreement_penalty > 0 and not self.disagreement_heads:
+            raise ConfigError("agent.disagreement_penalty needs an ensemble: set agent.disagreement_heads >= 2")
         if not 0 < self.openloop_context < self.openloop_steps:
             raise ConfigError(f"agent.openloop_context must be in [1, openloop_steps), got {self.openloop_context}")
 
@@ -79,6 +90,11 @@ class DreamerAgent:
         self.opt_prior = adam(self.wm.dynamics_parameters(), m.lr, m.eps) if m.prior_steps else None
         self.opt_actor = adam(self.ac.actor.parameters(), b.actor_lr, b.eps)
         self.opt_critic = adam(self.ac.critic.parameters(), b.critic_lr, b.eps)
+        self.ensemble = self.opt_ensemble = None
+        if cfg.disagreement_heads:
+            self.ensemble = DisagreementEnsemble(feat, spec.action_dim, self.wm.rssm.stoch_size, cfg.disagreement_heads,
+                                                 cfg.head_units, cfg.head_layers).to(device)
+            self.opt_ensemble = adam(self.ensemble.parameters(), m.lr, m.eps)
         self.request = BatchRequest(kind="sequence", batch_size=cfg.batch_size, seq_len=cfg.seq_len)
         self.updates = 0
         self.seen_terminal = cfg.continuation == "always"
@@ -121,6 +137,17 @@ class DreamerAgent:
 
     def reward(self, feat: torch.Tensor) -> torch.Tensor:
         return self.reward_head(feat).squeeze(-1)
+
+    def imagined_reward(self, feats: torch.Tensor, actions: torch.Tensor, metrics: dict[str, Any]) -> torch.Tensor:
+        """The reward of each imagined step [H, N] (feats [H+1, N, F], actions [H, N, A]): the reward
+        head's at the state reached, less disagreement_penalty times the ensemble's disagreement on
+        the transition that led there."""
+        reward = self.reward(feats[1:]).float()
+        if self.ensemble is None:
+            return reward
+        disagreement = self.ensemble.disagreement(feats[:-1], actions).float()
+        metrics["reward/disagreement"] = disagreement.detach().mean()
+        return reward - self.cfg.disagreement_penalty * disagreement
 
     def _plan_reward(self, state: Any, action: torch.Tensor, nxt: Any) -> torch.Tensor:
         return self.reward(self.wm.rssm.feat(nxt))
@@ -171,17 +198,23 @@ class DreamerAgent:
                     skipped += optimize(fit, self.opt_prior, dynamics, cfg.grad_clip)["skipped"]
                 m["model/prior_fit"] = fit.detach()
             m.update({f"model/{k}": v for k, v in self.wm.action_sensitivity(post, action, is_first).items()})
+            if self.ensemble is not None:
+                # (feat_t, a_t+1) -> z_t+1: action[:, t+1] is the one taken from state t.
+                feat_post = self.wm.rssm.feat(post)
+                fit = self.ensemble.loss(feat_post[:, :-1], action[:, 1:], post.mean[:, 1:], ~is_first[:, 1:])
+                skipped += optimize(fit, self.opt_ensemble, list(self.ensemble.parameters()), cfg.grad_clip)["skipped"]
+                m["model/ensemble"] = fit.detach()
         if self.updates < cfg.model_warmup:
             self.updates += 1
             return metrics_to_host({**m, "skipped": skipped}, dev)
 
         b = cfg.behavior
         with timed(self.timings, "imagination", dev):
-            heads = [self.reward_head, self.cont_head]
+            heads = [self.reward_head, self.cont_head, *([self.ensemble] if self.ensemble is not None else [])]
             with frozen(self.wm, self.ac.critic, *heads), self._autocast():
                 rollout = imagine(self.wm.rssm, self.ac.actor, post.flatten(), b.horizon,
                                   with_log_prob=b.entropy > 0, input_grad=b.actor_input_grad)
-                imagined_reward = self.reward(rollout.feats[1:]).float()
+                imagined_reward = self.imagined_reward(rollout.feats, rollout.actions, m)
                 cont = torch.sigmoid(self.cont_head(rollout.feats[1:]).squeeze(-1).float()) \
                     if self._use_continuation() else None
                 actor_loss, returns, weights, am = self.ac.actor_loss(rollout.feats, imagined_reward,
@@ -274,6 +307,8 @@ class DreamerAgent:
                  "opt_critic": self.opt_critic}
         if self.opt_prior is not None:
             parts["opt_prior"] = self.opt_prior
+        if self.ensemble is not None:
+            parts.update(ensemble=self.ensemble, opt_ensemble=self.opt_ensemble)
         return parts
 
     def state_dict(self) -> dict[str, Any]:
