@@ -31,7 +31,8 @@ from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
 from vmil.checkpoint import load_parts, parts_state
 from vmil.nn import adam, linear_schedule, metrics_to_host, optimize, timed, weighted_sum
 from world_model.analysis import openloop_strips
-from world_model.behavior import ActorCritic, exploration_noise, frozen, imagine, plan_action
+from world_model.behavior import (ActorCritic, exploration_noise, frozen, imagine, plan_candidate_set,
+                                  planned_action)
 from world_model.model import WorldModel
 from world_model.networks import InverseDynamics, preprocess_image
 from world_model.rssm import State
@@ -73,10 +74,7 @@ class VMILAgent:
         self._last_step = 0
         low, high = spec.action_low, spec.action_high
         self._a_scale, self._a_shift = (high - low) / 2.0, (high + low) / 2.0
-        # A fixed set, drawn with its own generator, so that planning in the evaluations leaves the
-        # global random stream, and with it the training, exactly as without it.
-        self._plan_set = (torch.quasirandom.SobolEngine(spec.action_dim, scramble=True, seed=0)
-                          .draw(b.plan_candidates).to(device) * 2 - 1 if b.plan_candidates else None)
+        self._plan_set = plan_candidate_set(spec.action_dim, cfg.behavior.plan_candidates, device)
         self.plan_counts = {"steps": 0, "replaced": 0}  # the deterministic policy's steps, and the planner's
 
     # ------------------------------------------------------------------ helpers
@@ -327,12 +325,8 @@ class VMILAgent:
         if explore:
             action = self.ac.actor.explore(feat, self._expl_amount())
         elif self._plan_set is not None:
-            b = self.cfg.behavior
-            plan = plan_action(self.wm.rssm, self.ac.eval_actor(), self.ac.bootstrap_critic(), self._transition_reward, post,
-                               self._plan_set, b.gamma, b.plan_steps, b.plan_margin, b.plan_hold)
-            action = plan.action
-            self.plan_counts["steps"] += 1
-            self.plan_counts["replaced"] += int(plan.replaced.sum())
+            action = planned_action(self.wm.rssm, self.ac, self._transition_reward, post, self._plan_set,
+                                    self.plan_counts)
         else:
             action = self.ac.eval_actor().mode(feat)
         env_action = (action * self._a_scale + self._a_shift)[0].cpu().numpy().astype(np.float32)

@@ -80,9 +80,9 @@ class BehaviorConfig:
     plan_candidates: int = doc(
         0, "Decision-time planning for the deterministic (evaluation) policy: this many fixed candidate actions "
            "(a scrambled Sobol set over [-1, 1]^A), and the actor's own first action, are each held for plan_steps "
-           "prior steps and scored r-sum + gamma^k V with the agent's reward (D's for VMIL, the reward head's for Dreamer) and the critic; the best replaces the "
-           "actor's action where it beats the actor's own k-step rollout. Training and exploration are "
-           "unchanged. 0 acts with the actor alone (Dreamer / VMIL).")
+           "prior steps and scored r-sum + gamma^k V with the agent's reward (D's for VMIL, the reward head's "
+           "for Dreamer) and the critic; the best replaces the actor's action where it beats the actor's own "
+           "k-step rollout. Training and exploration are unchanged. 0 acts with the actor alone (Dreamer / VMIL).")
     plan_steps: int = doc(10, "Prior steps each planning candidate (and the actor's rollout it is compared with) "
                               "runs before the critic bootstraps.")
     plan_margin: float = doc(0.0, "How much higher (in imagined return) the best held candidate must score than "
@@ -385,6 +385,27 @@ def plan_action(rssm: RSSM, actor: Actor, value: Callable[[torch.Tensor], torch.
     replaced = best.values > q_actor + margin
     chosen = held[best.indices, torch.arange(M, device=own.device)]
     return Plan(torch.where(replaced.unsqueeze(-1), chosen, own), q_actor, best.values, replaced)
+
+
+def plan_candidate_set(action_dim: int, count: int, device: torch.device | str) -> torch.Tensor | None:
+    """The fixed planning candidates [count, A] over [-1, 1]^A (a scrambled Sobol set drawn with its
+    own generator, so planning in evaluations leaves the global random stream, and with it the
+    training, as it was); None when ``count`` is 0 (no planning)."""
+    if not count:
+        return None
+    return torch.quasirandom.SobolEngine(action_dim, scramble=True, seed=0).draw(count).to(device) * 2 - 1
+
+
+def planned_action(rssm: RSSM, ac: "ActorCritic", reward_fn: RewardFn, state: State, candidates: torch.Tensor,
+                   counts: dict[str, int]) -> torch.Tensor:
+    """:func:`plan_action` with the actor-critic's settings (its evaluation actor, bootstrap critic
+    and ``plan_*`` options); adds the states planned and the actions replaced to ``counts``."""
+    cfg = ac.cfg
+    plan = plan_action(rssm, ac.eval_actor(), ac.bootstrap_critic(), reward_fn, state, candidates, cfg.gamma,
+                       cfg.plan_steps, cfg.plan_margin, cfg.plan_hold)
+    counts["steps"] += plan.action.shape[0]
+    counts["replaced"] += int(plan.replaced.sum())
+    return plan.action
 
 
 class ActorCritic(nn.Module):

@@ -25,7 +25,8 @@ class DisagreementEnsemble(nn.Module):
 
     def forward(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Predictions [K, ..., target_dim] of K heads for feat [..., F] and action [..., A]."""
-        if feat.shape[-1] != self.feat_dim or action.shape[-1] != self.action_dim or feat.shape[:-1] != action.shape[:-1]:
+        if (feat.shape[-1] != self.feat_dim or action.shape[-1] != self.action_dim
+                or feat.shape[:-1] != action.shape[:-1]):
             raise ValueError(f"ensemble expects feat [..., {self.feat_dim}] and action [..., {self.action_dim}] with "
                              f"the same leading shape; got {tuple(feat.shape)} and {tuple(action.shape)}")
         x = torch.cat([feat, action], -1)
