@@ -131,6 +131,34 @@ def test_skip_resume_retry_and_status(tmp_path, toy_demos):
     assert ex3.commands == [spec.runs[0].command(spec)] and "--resume" in ex3.commands[0]
 
 
+class LosingExecutor(FakeExecutor):
+    """Runs ``survive`` runs, then its Ray instance 'dies' (as when Ctrl-C reaches the raylet)."""
+
+    def __init__(self, survive: int):
+        super().__init__()
+        self.survive = survive
+
+    def wait(self, handles, timeout):
+        if len(self.commands) >= self.survive:
+            raise sw.ExecutorLost("Ray's local instance died (test)")
+        return super().wait(handles, timeout)
+
+
+def test_a_dead_executor_stops_the_sweep_without_charging_retries(tmp_path, toy_demos):
+    spec = sw.load_spec(_spec(tmp_path, toy_demos))
+    ex = LosingExecutor(survive=1)
+    with pytest.raises(sw.SweepError, match="nothing is lost: run the same command again"):
+        sw.run_sweep(spec, ex, quiet=True, poll=0)
+    assert len(ex.commands) == 1  # no cascade of submissions to the dead instance
+    state = json.loads((spec.root / "sweep.json").read_text())
+    assert state["driver"] is None
+    states = [r.get("state", "pending") for r in state["runs"].values()]
+    assert states.count("done") == 1 and states.count("pending") == len(spec.runs) - 1
+    assert all(r["tries"] == 0 for r in state["runs"].values() if r.get("state") != "done")
+    report = sw.run_sweep(spec, FakeExecutor(), quiet=True, poll=0)
+    assert report["done"] == len(spec.runs) and report["failed"] == 0
+
+
 def test_status_cli(tmp_path, toy_demos, capsys):
     from vmil.cli import main
 

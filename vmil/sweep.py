@@ -52,6 +52,11 @@ STATE_FILE = "sweep.json"
 LOG_DIR = "logs"
 
 
+class ExecutorLost(RuntimeError):
+    """The executor itself is gone (Ray's local raylet died, e.g. on Ctrl-C): no run failed, so
+    none is charged a retry; the sweep stops and resumes when it is run again."""
+
+
 class SweepError(ValueError):
     """A sweep spec that cannot run; the message names the key and the nearest valid value."""
 
@@ -471,6 +476,7 @@ class RayExecutor:
         except ImportError as err:
             raise SweepError("vmil sweep runs on Ray: pip install -e '.[ray]' (or run it without Ray: --no-ray)") from err
         self.ray = ray
+        self.local = address is None  # one node, this machine: its death ends the instance
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address is None:
             kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
@@ -494,7 +500,12 @@ class RayExecutor:
             try:
                 out.append((handle, self.ray.get(handle)))
             except self.ray.exceptions.RayError as err:  # the task itself died (node lost, OOM kill)
-                out.append((handle, {"rc": -1, "seconds": 0.0, "error": " ".join(str(err).split())[:300]}))
+                text = " ".join(str(err).split())[:300]
+                # Without this, every queued run would be submitted to the dead instance and charged a retry.
+                if isinstance(err, self.ray.exceptions.LocalRayletDiedError) or (
+                        self.local and isinstance(err, self.ray.exceptions.NodeDiedError)):
+                    raise ExecutorLost(f"Ray's local instance died ({text[:120]})") from err
+                out.append((handle, {"rc": -1, "seconds": 0.0, "error": text}))
         return out
 
     def shutdown(self) -> None:
@@ -645,9 +656,13 @@ def run_sweep(sweep: Sweep, executor: Executor | Callable[[], Executor], *, quie
                     say(f"sweep: {run.key} failed {info['tries']} times; last error: {result.get('error')}")
             state["driver"]["heartbeat"] = time.time()
             bar.set_postfix(running=len(running), failed=failed)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ExecutorLost) as err:
         for run in running.values():
-            runs_state[run.key]["state"] = "pending"
+            info = runs_state[run.key]
+            info.update(state="pending", tries=max(info.get("tries", 1) - 1, 0))
+        if isinstance(err, ExecutorLost):
+            raise SweepError(f"sweep {sweep.name} stopped: {err}; nothing is lost: run the same command again "
+                             "to resume") from err
         raise
     finally:
         bar.close()
