@@ -211,6 +211,11 @@ def test_disagreement_ensemble_agrees_on_its_data_and_not_off_it():
     mask = torch.tensor([[True, False, True, True], [False, True, True, False]])
     assert torch.allclose(ens.loss(feat, action, target, mask), ens.loss(feat[mask], action[mask], target[mask]))
     assert ens(feat, action).shape == (5, 2, 4, 2)
+    # Heads that agree exactly have no disagreement, however large their predictions.
+    for head in ens.heads[1:]:
+        head.load_state_dict(ens.heads[0].state_dict())
+    assert ens(feat, action).abs().max() > 0.1
+    assert torch.equal(ens.disagreement(feat, action), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="at least 2 heads"):
         DisagreementEnsemble(3, 1, 2, heads=1, units=8, layers=1)
 
@@ -238,3 +243,39 @@ def test_dreamer_subtracts_the_ensembles_disagreement_from_imagined_rewards():
         _agent(disagreement_penalty=1.0)
     with pytest.raises(Exception, match="disagreement_heads must be 0"):
         _agent(disagreement_heads=1)
+
+
+def test_a_state_only_world_model_reads_no_pixels_and_learns_the_reward_from_the_state():
+    from vmil.config import ConfigError
+
+    with pytest.raises(ConfigError, match="image=false leaves the model nothing to read"):
+        resolve("dreamer", dreamer.Config, "toy:reach", "smoke", ["agent.model.image=false"])
+    cfg = resolve("dreamer", dreamer.Config, "toy:reach", "smoke",
+                  ["agent.model.image=false", "agent.model.proprio=true", "agent.model_warmup=1000"]).agent
+    agent = dreamer.build(cfg, EnvSpec("test", (3, 32, 32), 2, state_dim=3), torch.device("cpu"))
+    assert agent.wm.encoder is None and agent.wm.decoder is None and not agent.wm.reads_images
+    torch.manual_seed(0)
+    b = _batch()
+    g = torch.Generator().manual_seed(1)
+    state = torch.randn(*b.obs.shape[:2], 3, generator=g)
+    # The reward is a function of the state alone; the frames are noise the model must not need.
+    batch = b._replace(reward=state[..., 0].tanh(), state=state)
+    first = agent.update(batch, None, 0)
+    assert "model/image" not in first and "model/proprio" in first
+    for _ in range(150):
+        last = agent.update(batch, None, 0)
+    # Control: the same model on states that do not carry the reward cannot fit it.
+    control = dreamer.build(cfg, EnvSpec("test", (3, 32, 32), 2, state_dim=3), torch.device("cpu"))
+    unrelated = batch._replace(state=torch.randn(state.shape, generator=g))
+    for _ in range(151):
+        control_last = control.update(unrelated, None, 0)
+    assert last["model/reward"] < 0.35 * first["model/reward"], (first["model/reward"], last["model/reward"])
+    assert last["model/reward"] < 0.5 * control_last["model/reward"], (last, control_last)
+    with torch.no_grad():  # the frames do not matter: a batch of other frames gives the same embedding
+        other = torch.zeros_like(batch.obs)
+        from world_model.networks import preprocess_image
+        assert torch.equal(agent.wm.encode(preprocess_image(batch.obs), state),
+                           agent.wm.encode(preprocess_image(other), state))
+    assert agent.visualize(None, batch) == {}
+    with pytest.raises(ValueError, match="no frames to decode"):
+        agent.wm.decode_states(agent.wm.rssm.initial(1, torch.device("cpu")))

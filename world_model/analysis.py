@@ -102,7 +102,7 @@ def openloop_strips(agent: Any, batches: dict[str, SequenceBatch | None], sequen
     ``sequences`` sequences, then only their actions (recorded, or inferred as in training)."""
     out = {}
     for name, batch in batches.items():
-        if batch is None:
+        if batch is None or not agent.wm.reads_images:
             continue
         agent.check_batch(batch, name)
         out[name] = batch_openloop_strip(agent.wm, batch, agent.sequence_actions, agent.proprio,

@@ -55,6 +55,10 @@ class ModelConfig:
              "background is drawn; 0 disables it (the paper's model).")
     image_focus_fraction: float = doc(0.02, "Share of each frame's pixels the image_focus term reads.")
     proprio: bool = doc(False, "Also encode and reconstruct the proprioceptive state (Baoding balls).")
+    image: bool = doc(
+        True, "Encode and reconstruct the images; false: the model reads only the proprioceptive state (needs "
+              "proprio=true and env.proprio=true). A state-based Dreamer or VMIL, and the fast control that "
+              "tells a pixel-representation fault from a dynamics or actor-critic one.")
     proprio_embed: int = doc(64, "Proprioception embedding size (concatenated to the image embedding).")
     proprio_units: int = doc(200, "Hidden units of the proprioception encoder/decoder.")
     proprio_scale: float = doc(1.0, "Weight of the proprioception log-likelihood.")
@@ -79,6 +83,9 @@ class ModelConfig:
             raise ConfigError(f"agent.model.prior_steps must be >= 0, got {self.prior_steps}")
         if self.lr <= 0:
             raise ConfigError(f"agent.model.lr must be positive, got {self.lr}")
+        if not self.image and not self.proprio:
+            raise ConfigError("agent.model.image=false leaves the model nothing to read: set agent.model.proprio=true "
+                              "and env.proprio=true (a state-based model), or keep image=true")
         if self.image_focus < 0 or not 0 < self.image_focus_fraction <= 1:
             raise ConfigError(f"agent.model.image_focus must be >= 0 and image_focus_fraction in (0, 1], got "
                               f"{self.image_focus} and {self.image_focus_fraction}")
@@ -107,7 +114,7 @@ class WorldModel(nn.Module):
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, state_dim: int = 0, *,
                  deter: int = 200, stoch: int = 30, hidden: int = 200, depth: int = 32, cnn_act: str = "relu",
                  min_std: float = 0.1, proprio: bool = False, proprio_embed: int = 64, proprio_units: int = 200,
-                 latent_action: bool = False):
+                 latent_action: bool = False, image: bool = True):
         super().__init__()
         C, H, W = obs_shape
         if H != W:
@@ -118,15 +125,18 @@ class WorldModel(nn.Module):
         self.state_dim = state_dim if proprio else 0
         if cnn_act not in CNN_ACTS:
             raise ValueError(f"cnn_act must be one of {sorted(CNN_ACTS)}, got {cnn_act!r}")
-        self.encoder = ConvEncoder(C, H, depth, CNN_ACTS[cnn_act])
-        embed_dim = self.encoder.out_dim
+        if not image and not proprio:
+            raise ValueError("a world model without images (image=False) needs proprio=True")
+        # Without images the embedding is the state's alone (no conv runs); frames are still stored and shown.
+        self.encoder = ConvEncoder(C, H, depth, CNN_ACTS[cnn_act]) if image else None
+        embed_dim = self.encoder.out_dim if image else 0
         self.proprio_encoder = self.proprio_decoder = None
         if proprio:
             self.proprio_encoder = ProprioEncoder(state_dim, proprio_embed, proprio_units, 2)
             embed_dim += proprio_embed
         self.embed_dim = embed_dim
         self.rssm = RSSM(action_dim, embed_dim, stoch, deter, hidden, min_std)
-        self.decoder = ConvDecoder(self.rssm.feat_dim, C, H, depth, CNN_ACTS[cnn_act])
+        self.decoder = ConvDecoder(self.rssm.feat_dim, C, H, depth, CNN_ACTS[cnn_act]) if image else None
         if proprio:
             self.proprio_decoder = mlp(self.rssm.feat_dim, state_dim, proprio_units, 2)
         self.action_head = nn.Linear(stoch, action_dim) if latent_action else None
@@ -136,21 +146,27 @@ class WorldModel(nn.Module):
                     state_dim: int = 0) -> "WorldModel":
         return cls(obs_shape, action_dim, state_dim, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.hidden,
                    depth=cfg.depth, cnn_act=cfg.cnn_act, min_std=cfg.min_std, proprio=cfg.proprio,
-                   proprio_embed=cfg.proprio_embed, proprio_units=cfg.proprio_units, latent_action=cfg.latent_action_scale > 0)
+                   proprio_embed=cfg.proprio_embed, proprio_units=cfg.proprio_units, latent_action=cfg.latent_action_scale > 0,
+                   image=cfg.image)
+
+    @property
+    def reads_images(self) -> bool:
+        return self.decoder is not None
 
     @property
     def feat_dim(self) -> int:
         return self.rssm.feat_dim
 
     def encode(self, image: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
-        """Preprocessed images [..., C, H, W] (and states [..., S]) -> embeddings [..., E]."""
-        embed = self.encoder(image)
+        """Preprocessed images [..., C, H, W] (and states [..., S]) -> embeddings [..., E]. A model
+        without images (``image=False``) ignores ``image``."""
+        embeds = [self.encoder(image)] if self.encoder is not None else []
         if self.proprio_encoder is not None:
             if proprio is None:
                 raise ValueError("this world model encodes proprioception (model.proprio=true) but the batch "
                                  "has no state; record demos/episodes with states or set model.proprio=false")
-            embed = torch.cat([embed, self.proprio_encoder(proprio)], -1)
-        return embed
+            embeds.append(self.proprio_encoder(proprio))
+        return embeds[0] if len(embeds) == 1 else torch.cat(embeds, -1)
 
     def losses(self, image: torch.Tensor, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                proprio: torch.Tensor | None = None, *, free_nats: float, kl_balance: float = 0.0,
@@ -164,6 +180,20 @@ class WorldModel(nn.Module):
         error of each frame's worst ``focus_fraction`` of pixels, averaged over frames."""
         post, prior = self.rssm.observe(embed, action, is_first)
         feat = self.rssm.feat(post)
+        kl, kl_value = kl_loss(post, prior, free_nats, kl_balance, kl_mask)
+        losses = {"kl": kl}
+        metrics = {"kl_value": kl_value.detach(), "prior_std": prior.std.detach().mean(),
+                   "post_std": post.std.detach().mean()}
+        if self.decoder is not None:
+            losses.update(self._image_losses(feat, image, focus_fraction, metrics))
+        if self.action_head is not None:
+            losses["latent_action"] = self.latent_action_loss(post, action, is_first, action_mask)
+        if self.proprio_decoder is not None:
+            losses["proprio"] = 0.5 * (self.proprio_decoder(feat) - proprio).pow(2).sum(-1).mean()
+        return losses, post, prior, metrics
+
+    def _image_losses(self, feat: torch.Tensor, image: torch.Tensor, focus_fraction: float,
+                      metrics: dict[str, Any]) -> dict[str, torch.Tensor]:
         recon = self.decoder(feat)
         # Unit-variance Gaussian NLL per frame, without its constant: half the squared error summed
         # over a frame, averaged over frames. mse_loss fuses the difference, square and sum (and its
@@ -172,17 +202,11 @@ class WorldModel(nn.Module):
             raise ValueError(f"decoded images {tuple(recon.shape)} do not match the batch's {tuple(image.shape)}")
         pixels = image.shape[-3:].numel()
         image_nll = 0.5 * F.mse_loss(recon.float(), image, reduction="sum") / (image.numel() // pixels)
-        kl, kl_value = kl_loss(post, prior, free_nats, kl_balance, kl_mask)
-        losses = {"image": image_nll, "kl": kl}
+        metrics["image_mse"] = image_nll.detach() * 2 / pixels
+        losses = {"image": image_nll}
         if focus_fraction > 0:
             losses["image_focus"] = focus_loss(recon.float(), image, focus_fraction)
-        if self.action_head is not None:
-            losses["latent_action"] = self.latent_action_loss(post, action, is_first, action_mask)
-        if self.proprio_decoder is not None:
-            losses["proprio"] = 0.5 * (self.proprio_decoder(feat) - proprio).pow(2).sum(-1).mean()
-        metrics = {"kl_value": kl_value.detach(), "image_mse": image_nll.detach() * 2 / pixels,
-                   "prior_std": prior.std.detach().mean(), "post_std": post.std.detach().mean()}
-        return losses, post, prior, metrics
+        return losses
 
     def latent_action_loss(self, post: State, action: torch.Tensor, is_first: torch.Tensor,
                            action_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -266,7 +290,7 @@ class WorldModel(nn.Module):
         last = post.map(lambda x: x[:, -1])
         prior = self.rssm.imagine_actions(action[:, context:], last, sample=False)
         feat = torch.cat([self.rssm.feat(post), self.rssm.feat(prior)], 1)
-        return obs, postprocess_image(self.decoder(feat))
+        return obs, postprocess_image(self._decoder()(feat))
 
     @torch.no_grad()
     def filter_obs(self, image: Any, proprio: Any, first: bool, state: tuple[State, torch.Tensor] | None,
@@ -295,4 +319,9 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def decode_states(self, state: State) -> torch.Tensor:
         """Decoded frames (uint8 [..., C, H, W]) of latent states [..., ...]."""
-        return postprocess_image(self.decoder(self.rssm.feat(state)))
+        return postprocess_image(self._decoder()(self.rssm.feat(state)))
+
+    def _decoder(self) -> nn.Module:
+        if self.decoder is None:
+            raise ValueError("this world model reads no images (model.image=false): it has no frames to decode")
+        return self.decoder

@@ -19,7 +19,8 @@ from vmil.base import BatchRequest, EnvSpec, Obs, SequenceBatch
 from vmil.checkpoint import load_parts, parts_state
 from vmil.config import ConfigError, doc
 from vmil.nn import adam, metrics_to_host, optimize, timed, weighted_sum
-from world_model.behavior import ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine, plan_action
+from world_model.behavior import (ActorCritic, BehaviorConfig, exploration_noise, frozen, imagine,
+                                  plan_candidate_set, planned_action)
 from world_model.ensemble import DisagreementEnsemble
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import mlp, preprocess_image
@@ -102,10 +103,7 @@ class DreamerAgent:
         self._last_step = 0
         low, high = spec.action_low, spec.action_high
         self._a_scale, self._a_shift = (high - low) / 2.0, (high + low) / 2.0
-        b = cfg.behavior
-        # Fixed candidates (own generator), so planning in evaluations leaves the training streams alone.
-        self._plan_set = (torch.quasirandom.SobolEngine(spec.action_dim, scramble=True, seed=0)
-                          .draw(b.plan_candidates).to(device) * 2 - 1 if b.plan_candidates else None)
+        self._plan_set = plan_candidate_set(spec.action_dim, cfg.behavior.plan_candidates, device)
         self.plan_counts = {"steps": 0, "replaced": 0}  # the deterministic policy's steps, and the planner's
 
     def _autocast(self):
@@ -200,7 +198,7 @@ class DreamerAgent:
             m.update({f"model/{k}": v for k, v in self.wm.action_sensitivity(post, action, is_first).items()})
             if self.ensemble is not None:
                 # (feat_t, a_t+1) -> z_t+1: action[:, t+1] is the one taken from state t.
-                feat_post = self.wm.rssm.feat(post)
+                feat_post = feat.detach().float()
                 fit = self.ensemble.loss(feat_post[:, :-1], action[:, 1:], post.mean[:, 1:], ~is_first[:, 1:])
                 skipped += optimize(fit, self.opt_ensemble, list(self.ensemble.parameters()), cfg.grad_clip)["skipped"]
                 m["model/ensemble"] = fit.detach()
@@ -247,12 +245,8 @@ class DreamerAgent:
             action = self.ac.actor.explore(feat, exploration_noise(self._last_step, c.expl_noise, c.expl_decay,
                                                                    c.expl_min))
         elif self._plan_set is not None:
-            b = c.behavior
-            plan = plan_action(self.wm.rssm, self.ac.eval_actor(), self.ac.bootstrap_critic(), self._plan_reward, post,
-                               self._plan_set, b.gamma, b.plan_steps, b.plan_margin, b.plan_hold)
-            action = plan.action
-            self.plan_counts["steps"] += 1
-            self.plan_counts["replaced"] += int(plan.replaced.sum())
+            action = planned_action(self.wm.rssm, self.ac, self._plan_reward, post, self._plan_set,
+                                    self.plan_counts)
         else:
             action = self.ac.eval_actor().mode(feat)
         env_action = (action * self._a_scale + self._a_shift)[0].cpu().numpy().astype(np.float32)
@@ -294,6 +288,8 @@ class DreamerAgent:
                   sequences: int = 4) -> dict[str, np.ndarray]:
         """Open-loop prediction strips of the agent's own sequences (and the demos', when given)."""
         c = self.cfg
+        if not self.wm.reads_images:
+            return {}  # a state-only model predicts no frames
         return {name: batch_openloop_strip(self.wm, b, lambda x: self._norm_action(x.action), self.proprio,
                                            c.openloop_steps, c.openloop_context, sequences)
                 for name, b in (("openloop_agent", batch), ("openloop_expert", expert))
