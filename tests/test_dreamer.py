@@ -279,3 +279,20 @@ def test_a_state_only_world_model_reads_no_pixels_and_learns_the_reward_from_the
     assert agent.visualize(None, batch) == {}
     with pytest.raises(ValueError, match="no frames to decode"):
         agent.wm.decode_states(agent.wm.rssm.initial(1, torch.device("cpu")))
+
+
+def test_behavior_every_trains_the_actor_on_every_kth_update_and_the_model_on_all():
+    agent = _agent(behavior_every=3)
+    batch = _batch()
+    actor_before = [p.detach().clone() for p in agent.ac.actor.parameters()]
+    trained = []
+    for _ in range(6):
+        before = [p.detach().clone() for p in agent.ac.actor.parameters()]
+        wm_before = next(agent.wm.parameters()).detach().clone()
+        metrics = agent.update(batch, None, 0)
+        moved = any(not torch.equal(a, p) for a, p in zip(before, agent.ac.actor.parameters()))
+        trained.append(moved)
+        assert ("actor/loss" in metrics) == moved
+        assert not torch.equal(wm_before, next(agent.wm.parameters()))  # the model trains every time
+    assert trained == [True, False, False, True, False, False]
+    assert any(not torch.equal(a, p) for a, p in zip(actor_before, agent.ac.actor.parameters()))

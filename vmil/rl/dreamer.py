@@ -48,6 +48,10 @@ class Config:
     expl_decay: int = doc(0, "Env steps over which the exploration noise halves; 0 keeps it constant.")
     expl_min: float = doc(0.0, "Lower bound of the decayed exploration noise.")
     model_warmup: int = doc(0, "First updates that train only the world model and its heads.")
+    behavior_every: int = doc(
+        1, "The actor and critic train on every behavior_every-th update only; the world model on every one. "
+           "With train.update_every lowered by the same factor, the model trains more per env step while the "
+           "actor does not (a model the actor would otherwise exploit before it is accurate).")
     disagreement_heads: int = doc(
         0, "One-step latent predictors (feat_t, a_t) -> z_t+1 trained beside the model; their disagreement "
            "measures what the model has hardly seen (world_model.ensemble). 0 builds none; else >= 2.")
@@ -59,7 +63,7 @@ class Config:
     amp: Literal["none", "bf16"] = doc("none", "Autocast the update's forward passes to bf16.")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "head_units"):
+        for name in ("batch_size", "head_units", "behavior_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"agent.{name} must be positive, got {getattr(self, name)}")
         if self.seq_len < 2:
@@ -202,7 +206,7 @@ class DreamerAgent:
                 fit = self.ensemble.loss(feat_post[:, :-1], action[:, 1:], post.mean[:, 1:], ~is_first[:, 1:])
                 skipped += optimize(fit, self.opt_ensemble, list(self.ensemble.parameters()), cfg.grad_clip)["skipped"]
                 m["model/ensemble"] = fit.detach()
-        if self.updates < cfg.model_warmup:
+        if self.updates < cfg.model_warmup or self.updates % cfg.behavior_every:
             self.updates += 1
             return metrics_to_host({**m, "skipped": skipped}, dev)
 
