@@ -16,48 +16,13 @@ batches, logs the values as ``health/<name>`` and writes them to ``summary.json`
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from vmil.base import SequenceBatch
+from vmil.stats import pearson
+from world_model.analysis import episode_sequence
 
-
-def pearson(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> float:
-    """Pearson correlation of two equally long 1-d sequences; NaN when either is constant (the
-    correlation is undefined) or shorter than 2."""
-    a = np.asarray(x, dtype=np.float64).reshape(-1)
-    b = np.asarray(y, dtype=np.float64).reshape(-1)
-    if a.shape != b.shape:
-        raise ValueError(f"pearson: sequences of different lengths {a.shape[0]} and {b.shape[0]}")
-    if a.size < 2:
-        return math.nan
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    if denom == 0.0:
-        return math.nan
-    return float((a * b).sum() / denom)
-
-
-def episode_sequence(ep, device: torch.device) -> SequenceBatch:
-    """One :class:`vmil.data.episode.Episode` as a one-sequence :class:`SequenceBatch` on ``device``,
-    with actions aligned as world models expect (``action[:, t]`` led to ``obs[:, t]``)."""
-    T = ep.obs.shape[0]
-    action = None
-    if ep.action is not None:
-        action = torch.zeros(1, T, ep.action.shape[-1])
-        action[0, 1:] = torch.as_tensor(ep.action, dtype=torch.float32)
-    reward = torch.zeros(1, T)
-    reward[0, 1:] = torch.as_tensor(ep.reward)
-    terminal = torch.zeros(1, T, dtype=torch.bool)
-    terminal[0, 1:] = torch.as_tensor(ep.terminal)
-    is_first = torch.zeros(1, T, dtype=torch.bool)
-    is_first[0, 0] = True
-    state = None if ep.state is None else torch.as_tensor(ep.state, dtype=torch.float32)[None]
-    to = lambda x: None if x is None else x.to(device)  # noqa: E731
-    return SequenceBatch(to(torch.as_tensor(ep.obs)[None]), to(action), to(reward), to(is_first), to(terminal),
-                         to(state))
+__all__ = ["episode_sequence", "pearson", "stacked_pairs"]
 
 
 def stacked_pairs(obs: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,22 @@ AGGREGATES = ("iqm", "mean", "median", "optimality_gap")
 CONFIDENCE = 0.95
 
 
+def pearson(x: Any, y: Any) -> float:
+    """Pearson correlation of two equally long 1-d sequences (arrays or tensors); NaN when either is
+    constant (the correlation is undefined) or shorter than 2."""
+    a = np.asarray(x, dtype=np.float64).reshape(-1)
+    b = np.asarray(y, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"pearson: sequences of different lengths {a.shape[0]} and {b.shape[0]}")
+    if a.size < 2:
+        return math.nan
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    if denom == 0.0:
+        return math.nan
+    return float((a * b).sum() / denom)
+
+
 class StatsError(ValueError):
     """A comparison request that cannot be answered (unknown metric, nothing to compare)."""
 

@@ -33,17 +33,28 @@ def episode_batch(directory: str | Path, spec: EnvSpec, index: int = 0, length: 
         raise IndexError(f"{directory} holds {len(paths)} episodes; index {index} is out of range")
     ep = load_episode(paths[index], spec, allow_env_mismatch=True)
     T = ep.obs.shape[0] if length <= 0 else min(length, ep.obs.shape[0])
+    return SequenceBatch(*(None if x is None else x[:, :T] for x in episode_sequence(ep, torch.device("cpu"))))
+
+
+def episode_sequence(ep: Any, device: torch.device) -> SequenceBatch:
+    """One :class:`vmil.data.episode.Episode` as a one-sequence :class:`SequenceBatch` on ``device``,
+    with actions aligned as world models expect (``action[:, t]`` led to ``obs[:, t]``; none led to
+    the first frame, whose reward is 0)."""
+    T = ep.obs.shape[0]
     action = None
-    if ep.action is not None:  # action[t] led to obs[t]: none led to the first frame
-        action = np.concatenate([np.zeros((1,) + ep.action.shape[1:], np.float32), ep.action.astype(np.float32)])
-        action = torch.from_numpy(action[:T])[None]
-    reward = np.concatenate([[0.0], ep.reward]).astype(np.float32)[:T]
-    terminal = np.concatenate([[False], ep.terminal])[:T]
-    is_first = np.zeros(T, bool)
-    is_first[0] = True
-    state = None if ep.state is None else torch.from_numpy(ep.state[:T].astype(np.float32))[None]
-    return SequenceBatch(torch.from_numpy(ep.obs[:T])[None], action, torch.from_numpy(reward)[None],
-                         torch.from_numpy(is_first)[None], torch.from_numpy(terminal)[None], state)
+    if ep.action is not None:
+        action = torch.zeros(1, T, ep.action.shape[-1])
+        action[0, 1:] = torch.as_tensor(ep.action, dtype=torch.float32)
+    reward = torch.zeros(1, T)
+    reward[0, 1:] = torch.as_tensor(ep.reward)
+    terminal = torch.zeros(1, T, dtype=torch.bool)
+    terminal[0, 1:] = torch.as_tensor(ep.terminal)
+    is_first = torch.zeros(1, T, dtype=torch.bool)
+    is_first[0, 0] = True
+    state = None if ep.state is None else torch.as_tensor(ep.state, dtype=torch.float32)[None]
+    to = lambda x: None if x is None else x.to(device)  # noqa: E731
+    return SequenceBatch(to(torch.as_tensor(ep.obs)[None]), to(action), to(reward), to(is_first), to(terminal),
+                         to(state))
 
 
 def episodes_batch(directory: str | Path, spec: EnvSpec, indices: list[int], length: int) -> SequenceBatch:

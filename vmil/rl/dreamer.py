@@ -24,8 +24,8 @@ from world_model.behavior import (ActorCritic, BehaviorConfig, exploration_noise
 from world_model.ensemble import DisagreementEnsemble
 from world_model.model import ModelConfig, WorldModel
 from world_model.networks import mlp, preprocess_image
-from world_model.analysis import batch_openloop_strip, imagined_vs_real
-from imitation.health import episode_sequence, pearson
+from vmil.stats import pearson
+from world_model.analysis import batch_openloop_strip, episode_sequence, imagined_vs_real
 
 NEEDS_DEMOS = False  # learns from the true reward; demos, when given, only set the normalised score
 
