@@ -34,7 +34,7 @@ from world_model.analysis import openloop_strips
 from world_model.behavior import (ActorCritic, exploration_noise, frozen, imagine, plan_candidate_set,
                                   planned_action)
 from world_model.model import WorldModel
-from world_model.networks import InverseDynamics, preprocess_image
+from world_model.networks import InverseDynamics
 from world_model.rssm import State
 
 
@@ -128,12 +128,12 @@ class VMILAgent:
         if batch.action is not None:
             return self._norm_action(batch.action)
         if embed is None:
-            embed = self.wm.encode(preprocess_image(batch.obs.to(self.device)), self.proprio(batch))
+            embed = self.wm.encode(self.wm.images(batch.obs.to(self.device)), self.proprio(batch))
         return self._infer_actions(embed, batch.is_first.to(self.device))
 
     # ------------------------------------------------------------------ update
 
-    def _model_losses(self, image: torch.Tensor, is_first: torch.Tensor, proprio: torch.Tensor | None,
+    def _model_losses(self, image: torch.Tensor | None, is_first: torch.Tensor, proprio: torch.Tensor | None,
                       agent_action: torch.Tensor, expert_action: torch.Tensor | None):
         """World-model (and inverse-dynamics) losses on the concatenated agent + expert batch."""
         B, T = agent_action.shape[:2]
@@ -150,10 +150,10 @@ class VMILAgent:
                     err = (pred.float() - agent_action[:, 1:]).pow(2) * mask
                     losses["idm"] = err.sum() / (mask.sum() * self.action_dim).clamp(min=1.0)
                 else:  # zero actions: keep the expert sequences out of the dynamics (KL) term
-                    kl_mask = torch.cat([torch.ones(B, T, device=image.device),
-                                         torch.zeros(image.shape[0] - B, T, device=image.device)])
+                    kl_mask = torch.cat([torch.ones(B, T, device=embed.device),
+                                         torch.zeros(embed.shape[0] - B, T, device=embed.device)])
                 expert_action = self._infer_actions(embed[B:], is_first[B:])
-            recorded = torch.ones(image.shape[0], device=image.device)
+            recorded = torch.ones(embed.shape[0], device=embed.device)
             if not expert_recorded:  # inferred or zero expert actions must not shape the latents
                 recorded[B:] = 0.0
             action = torch.cat([agent_action, expert_action])
@@ -206,7 +206,7 @@ class VMILAgent:
 
         # World model (+ inverse dynamics) on agent + expert sequences in one encoder/decoder pass.
         with self._part("world_model"):
-            image = preprocess_image(torch.cat([batch.obs, expert.obs]).to(dev))
+            image = self.wm.images(torch.cat([batch.obs, expert.obs]).to(dev))
             is_first = torch.cat([batch.is_first, expert.is_first]).to(dev)
             expert_given = self._norm_action(expert.action) if expert.action is not None else None
             agent_action, agent_first = self._norm_action(batch.action), batch.is_first.to(dev)
@@ -353,7 +353,7 @@ class VMILAgent:
             b = episode_sequence(ep, self.device)
             if b.action is None or b.obs.shape[1] < 2:
                 continue
-            embed = self.wm.encode(preprocess_image(b.obs), self.proprio(b))
+            embed = self.wm.encode(self.wm.images(b.obs), self.proprio(b))
             action = self._norm_action(b.action)
             post, _ = self.wm.rssm.observe(embed, action, b.is_first, sample=False)
             z = self.disc_features(post)
@@ -370,7 +370,7 @@ class VMILAgent:
                        reward_real_mean=float(lr.mean()), reward_imagined_mean=float(torch.stack(imagined).mean()))
         if expert is not None:
             e = self.slice_batch(expert, expert.obs.shape[0], expert.obs.shape[1])
-            embed = self.wm.encode(preprocess_image(e.obs), self.proprio(e))
+            embed = self.wm.encode(self.wm.images(e.obs), self.proprio(e))
             action = self.sequence_actions(e, embed)
             post, _ = self.wm.rssm.observe(embed, action, e.is_first)
             x, w = sequence_transitions(self.disc_features(post), action, e.is_first, self.disc.inputs)
@@ -378,7 +378,7 @@ class VMILAgent:
             out["disc_expert_acc"] = float(((logit > 0).float() * w).sum() / w.sum().clamp(min=1.0))
         if batch is not None:
             a = self.slice_batch(batch, batch.obs.shape[0], batch.obs.shape[1])
-            embed = self.wm.encode(preprocess_image(a.obs), self.proprio(a))
+            embed = self.wm.encode(self.wm.images(a.obs), self.proprio(a))
             action = self._norm_action(a.action)
             post, _ = self.wm.rssm.observe(embed, action, a.is_first)
             x, w = sequence_transitions(self.disc_features(post), action, a.is_first, self.disc.inputs)

@@ -276,6 +276,8 @@ def test_a_state_only_world_model_reads_no_pixels_and_learns_the_reward_from_the
         from world_model.networks import preprocess_image
         assert torch.equal(agent.wm.encode(preprocess_image(batch.obs), state),
                            agent.wm.encode(preprocess_image(other), state))
+    # No frame is converted on its hot paths (update, acting): a state-only model never reads them.
+    assert agent.wm.images(batch.obs) is None
     assert agent.visualize(None, batch) == {}
     with pytest.raises(ValueError, match="no frames to decode"):
         agent.wm.decode_states(agent.wm.rssm.initial(1, torch.device("cpu")))

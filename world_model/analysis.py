@@ -16,7 +16,6 @@ import torch
 from vmil.base import EnvSpec, SequenceBatch
 from world_model.behavior import imagine
 from world_model.rssm import RSSM, State
-from world_model.networks import preprocess_image
 from world_model.viz import frame_grid, openloop_strip
 
 
@@ -140,7 +139,7 @@ def reward_along(agent: Any, batch: SequenceBatch) -> np.ndarray:
     sequences (expert actions inferred as in training when the batch has none)."""
     b = agent.slice_batch(batch, batch.obs.shape[0], batch.obs.shape[1])
     wm = agent.wm
-    embed = wm.encode(preprocess_image(b.obs), agent.proprio(b))
+    embed = wm.encode(wm.images(b.obs), agent.proprio(b))
     action = agent.sequence_actions(b, embed)
     post, _ = wm.rssm.observe(embed, action, b.is_first, sample=False)
     z = agent.disc_features(post)
@@ -158,7 +157,7 @@ def imagine_frames(agent: Any, batch: SequenceBatch, start: int = 0, horizon: in
         raise ValueError(f"start must be in [0, {batch.obs.shape[1] - 1}], got {start}")
     b = agent.slice_batch(batch, sequences, start + 1)
     wm = agent.wm
-    embed = wm.encode(preprocess_image(b.obs), agent.proprio(b))
+    embed = wm.encode(wm.images(b.obs), agent.proprio(b))
     post, _ = wm.rssm.observe(embed, agent.sequence_actions(b, embed), b.is_first, sample=False)
     rollout = imagine(wm.rssm, agent.ac.actor, post.map(lambda x: x[:, -1]), horizon)
     return wm.decode_states(rollout.states).transpose(0, 1).cpu().numpy()

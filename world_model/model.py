@@ -157,9 +157,14 @@ class WorldModel(nn.Module):
     def feat_dim(self) -> int:
         return self.rssm.feat_dim
 
-    def encode(self, image: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
-        """Preprocessed images [..., C, H, W] (and states [..., S]) -> embeddings [..., E]. A model
-        without images (``image=False``) ignores ``image``."""
+    def images(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """uint8 frames [..., C, H, W] as this model reads them: preprocessed, or None for a state-only
+        model (``image=False``), which then spends no time converting frames it never reads."""
+        return preprocess_image(obs) if self.encoder is not None else None
+
+    def encode(self, image: torch.Tensor | None, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """Preprocessed images [..., C, H, W] (:meth:`images`; and states [..., S]) -> embeddings
+        [..., E]. A model without images (``image=False``) ignores ``image``."""
         embeds = [self.encoder(image)] if self.encoder is not None else []
         if self.proprio_encoder is not None:
             if proprio is None:
@@ -168,7 +173,7 @@ class WorldModel(nn.Module):
             embeds.append(self.proprio_encoder(proprio))
         return embeds[0] if len(embeds) == 1 else torch.cat(embeds, -1)
 
-    def losses(self, image: torch.Tensor, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+    def losses(self, image: torch.Tensor | None, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                proprio: torch.Tensor | None = None, *, free_nats: float, kl_balance: float = 0.0,
                kl_mask: torch.Tensor | None = None, action_mask: torch.Tensor | None = None,
                focus_fraction: float = 0.0) -> tuple[dict[str, torch.Tensor], State, State, dict[str, float]]:
@@ -313,7 +318,7 @@ class WorldModel(nn.Module):
             latent, prev = self.rssm.initial(1, device), torch.zeros(1, self.action_dim, device=device)
         else:
             latent, prev = state
-        post, _ = self.rssm.obs_step(latent, prev, self.encode(preprocess_image(image[None]), proprio), sample=sample)
+        post, _ = self.rssm.obs_step(latent, prev, self.encode(self.images(image[None]), proprio), sample=sample)
         return post
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ from world_model.behavior import (ActorCritic, BehaviorConfig, exploration_noise
                                   plan_candidate_set, planned_action)
 from world_model.ensemble import DisagreementEnsemble
 from world_model.model import ModelConfig, WorldModel
-from world_model.networks import mlp, preprocess_image
+from world_model.networks import mlp
 from vmil.stats import pearson
 from world_model.analysis import batch_openloop_strip, episode_sequence, imagined_vs_real
 
@@ -162,7 +162,7 @@ class DreamerAgent:
         self._last_step = step
         m: dict[str, Any] = {}
         with timed(self.timings, "world_model", dev):
-            image = preprocess_image(batch.obs.to(dev))
+            image = self.wm.images(batch.obs.to(dev))
             action, is_first = self._norm_action(batch.action), batch.is_first.to(dev)
             reward, terminal = batch.reward.to(dev, torch.float32), batch.terminal.to(dev)
             if bool(terminal.any()) and cfg.continuation == "auto":
@@ -272,7 +272,7 @@ class DreamerAgent:
             T = b.obs.shape[1]
             if b.action is None or T <= self.cfg.behavior.horizon + 1:
                 continue
-            embed = self.wm.encode(preprocess_image(b.obs), self.proprio(b))
+            embed = self.wm.encode(self.wm.images(b.obs), self.proprio(b))
             post, _ = self.wm.rssm.observe(embed, self._norm_action(b.action), b.is_first, sample=False)
             post = post.map(lambda x: x[0])
             head.append(self.reward(self.wm.rssm.feat(post))[1:])
