@@ -236,7 +236,7 @@ def test_latent_action_loss_reads_only_recorded_actions(has_actions):
     covers the agent sequences only; with recorded expert actions, both."""
     agent = build(has_actions, model=ModelConfig(deter=16, stoch=4, hidden=16, depth=4, latent_action_scale=10.0))
     batch, expert = make_batch(3, 6, True), make_batch(2, 6, has_actions, seed=1)
-    image = vmil.preprocess_image(torch.cat([batch.obs, expert.obs]))
+    image = agent.wm.images(torch.cat([batch.obs, expert.obs]))
     is_first = torch.cat([batch.is_first, expert.is_first])
     given = agent._norm_action(expert.action) if has_actions else None
     losses, post, expert_action, _ = agent._model_losses(image, is_first, None, agent._norm_action(batch.action),
@@ -256,7 +256,7 @@ def test_latent_action_loss_reads_only_recorded_actions(has_actions):
 def test_idm_loss_trains_the_encoder_only_when_asked(encoder_grad):
     agent = build(False, idm_encoder_grad=encoder_grad, idm_scale=3.0)
     batch, expert = make_batch(3, 6, True), make_batch(2, 6, False, seed=1)
-    image = vmil.preprocess_image(torch.cat([batch.obs, expert.obs]))
+    image = agent.wm.images(torch.cat([batch.obs, expert.obs]))
     losses, _, _, _ = agent._model_losses(image, torch.cat([batch.is_first, expert.is_first]), None,
                                           agent._norm_action(batch.action), None)
     losses["idm"].backward()
