@@ -39,7 +39,8 @@ class TrueCartPole:
             temp = (force + pole * half_length * angle_dot ** 2 * sin) / (cart + pole)
             angle_acc = (g * sin - cos * temp) / (half_length * (4 / 3 - pole * cos ** 2 / (cart + pole)))
             x_acc = temp - pole * half_length * angle_acc * cos / (cart + pole)
-            x, x_dot, angle, angle_dot = x + dt * x_dot, x_dot + dt * x_acc, angle + dt * angle_dot, angle_dot + dt * angle_acc
+            x, x_dot = x + dt * x_dot, x_dot + dt * x_acc
+            angle, angle_dot = angle + dt * angle_dot, angle_dot + dt * angle_acc
         return _state(torch.stack([x, angle, x_dot, angle_dot], -1))
 
 
@@ -59,7 +60,8 @@ def _starts(n: int) -> State:
 
 
 @torch.no_grad()
-def _episode_returns(model: TrueCartPole, policy, episodes: int = 5, steps: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def _episode_returns(model: TrueCartPole, policy, episodes: int = 5,
+                     steps: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     physical = torch.zeros(episodes, 4)
     physical[:, 1] = torch.randn(episodes) * 0.05
     state, total = _state(physical), torch.zeros(episodes)
