@@ -58,7 +58,8 @@ class BehaviorConfig:
         False, "Let the actor gradient flow through the actor's own inputs in imagination too: the pathwise "
                "gradient of the closed-loop return (SVG / PILCO), which credits how the later actions respond "
                "to the state an action leads to. Dreamer stops it (false), so each return's gradient treats "
-               "the later actions as fixed.")
+               "the later actions as fixed; on an unstable system that open-loop gradient can fail even with "
+               "the true dynamics (the cart-pole, tests/test_behavior_learning.py).")
     lookahead: float = doc(
         0.0, "Weight of the one-step lookahead regression in the actor loss (0 in Dreamer / VMIL). At "
              "lookahead_states imagined states, candidate actions (half sampled from the actor, half uniform) "
