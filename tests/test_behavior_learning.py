@@ -96,11 +96,13 @@ def test_true_cartpole_is_balanced_by_a_hand_controller_and_not_by_doing_nothing
 
 
 @pytest.mark.slow
-def test_actor_critic_learns_to_balance_the_true_cartpole():
+@pytest.mark.parametrize("seed", [1, 2])
+def test_actor_critic_learns_to_balance_the_true_cartpole(seed):
     """The dmc `cpu` actor-critic (H=15, gamma 0.99, the bounded normal actor) with the closed-loop
-    gradient balances within 1500 updates; with Dreamer's stop-gradient on the actor's inputs the same
-    learner did not (346 at 3000 updates, docs/experiments)."""
+    gradient balances within 1500 updates (seeds 0-2: 880, 986, 992). With Dreamer's stop-gradient on
+    the actor's inputs the same learner balanced seeds 0 and 3 but not these two (243, 251), so this
+    check fails if the closed-loop gradient stops reaching the actor (docs/experiments)."""
     cfg = BehaviorConfig(horizon=15, gamma=0.99, units=128, actor_layers=2, critic_layers=2, actor_lr=3e-4,
                          critic_lr=3e-4, slow_target=True, dist="normal", actor_input_grad=True)
-    returns, upright = _train(cfg, 1500, seed=0)
+    returns, upright = _train(cfg, 1500, seed=seed)
     assert returns.mean() > 700 and upright.min() > 0.95, (returns, upright)
