@@ -188,9 +188,10 @@ def test_observe_resets_state_at_episode_start():
     assert torch.allclose(post.mean[:, 3:], tail.mean, atol=1e-6)
 
 
-def test_observe_matches_obs_step_loop():
+@pytest.mark.parametrize("residual", [False, True])
+def test_observe_matches_obs_step_loop(residual):
     torch.manual_seed(1)
-    rssm = RSSM(2, 6, stoch=4, deter=5, hidden=6)
+    rssm = RSSM(2, 6, stoch=4, deter=5, hidden=6, residual_prior=residual)
     embed, action = torch.randn(1, 4, 6), torch.randn(1, 4, 2)
     post, prior = rssm.observe(embed, action, torch.zeros(1, 4, dtype=torch.bool), sample=False)
     state = rssm.initial(1)
@@ -198,6 +199,28 @@ def test_observe_matches_obs_step_loop():
         state, p = rssm.obs_step(state, action[:, t], embed[:, t], sample=False)
         assert torch.allclose(state.mean, post.mean[:, t], atol=1e-6)
         assert torch.allclose(p.mean, prior.mean[:, t], atol=1e-6)
+
+
+def test_residual_prior_adds_the_change_to_the_last_stochastic_state():
+    torch.manual_seed(2)
+    B, T, A, E = 2, 6, 2, 6
+    plain = RSSM(A, E, stoch=4, deter=5, hidden=6)
+    residual = RSSM(A, E, stoch=4, deter=5, hidden=6, residual_prior=True)
+    residual.load_state_dict(plain.state_dict())
+    embed, action = torch.randn(B, T, E), torch.randn(B, T, A)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = is_first[1, 3] = True
+    post_p, prior_p = plain.observe(embed, action, is_first, sample=False)
+    post_r, prior_r = residual.observe(embed, action, is_first, sample=False)
+    # The posterior does not depend on the prior's parameterisation; the prior's mean gains the last
+    # stochastic state, which is zero at an episode's start.
+    assert torch.allclose(post_p.mean, post_r.mean, atol=1e-6)
+    last = torch.cat([torch.zeros(B, 1, 4), post_p.stoch[:, :-1]], 1) * (~is_first).float().unsqueeze(-1)
+    assert torch.allclose(prior_r.mean, prior_p.mean + last, atol=1e-6)
+    assert torch.allclose(prior_r.std, prior_p.std)
+    step = residual.img_step(post_r.map(lambda x: x[:, 2]), action[:, 3], sample=False)
+    ref = plain.img_step(post_p.map(lambda x: x[:, 2]), action[:, 3], sample=False)
+    assert torch.allclose(step.mean, ref.mean + post_p.stoch[:, 2], atol=1e-6)
 
 
 def test_open_loop_and_strip():

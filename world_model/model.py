@@ -62,6 +62,10 @@ class ModelConfig:
     proprio_embed: int = doc(64, "Proprioception embedding size (concatenated to the image embedding).")
     proprio_units: int = doc(200, "Hidden units of the proprioception encoder/decoder.")
     proprio_scale: float = doc(1.0, "Weight of the proprioception log-likelihood.")
+    residual_prior: bool = doc(
+        False, "The prior's mean is the last stochastic state plus a predicted change (false: the state itself, "
+               "as in PlaNet / Dreamer). A one-step change is far smaller than the range of the state, and a "
+               "network's output is precise to a fraction of what it spans.")
     lr: float = doc(6e-4, "World model learning rate (Adam).")
     eps: float = doc(1e-5, "Adam epsilon of the world model optimiser.")
 
@@ -114,7 +118,7 @@ class WorldModel(nn.Module):
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, state_dim: int = 0, *,
                  deter: int = 200, stoch: int = 30, hidden: int = 200, depth: int = 32, cnn_act: str = "relu",
                  min_std: float = 0.1, proprio: bool = False, proprio_embed: int = 64, proprio_units: int = 200,
-                 latent_action: bool = False, image: bool = True):
+                 latent_action: bool = False, image: bool = True, residual_prior: bool = False):
         super().__init__()
         C, H, W = obs_shape
         if H != W:
@@ -135,7 +139,7 @@ class WorldModel(nn.Module):
             self.proprio_encoder = ProprioEncoder(state_dim, proprio_embed, proprio_units, 2)
             embed_dim += proprio_embed
         self.embed_dim = embed_dim
-        self.rssm = RSSM(action_dim, embed_dim, stoch, deter, hidden, min_std)
+        self.rssm = RSSM(action_dim, embed_dim, stoch, deter, hidden, min_std, residual_prior=residual_prior)
         self.decoder = ConvDecoder(self.rssm.feat_dim, C, H, depth, CNN_ACTS[cnn_act]) if image else None
         if proprio:
             self.proprio_decoder = mlp(self.rssm.feat_dim, state_dim, proprio_units, 2)
@@ -147,7 +151,7 @@ class WorldModel(nn.Module):
         return cls(obs_shape, action_dim, state_dim, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.hidden,
                    depth=cfg.depth, cnn_act=cfg.cnn_act, min_std=cfg.min_std, proprio=cfg.proprio,
                    proprio_embed=cfg.proprio_embed, proprio_units=cfg.proprio_units, latent_action=cfg.latent_action_scale > 0,
-                   image=cfg.image)
+                   image=cfg.image, residual_prior=cfg.residual_prior)
 
     @property
     def reads_images(self) -> bool:

@@ -73,7 +73,7 @@ def kl_loss(post: State, prior: State, free_nats: float, balance: float = 0.0,
 
 class RSSM(nn.Module):
     def __init__(self, action_dim: int, embed_dim: int, stoch: int = 30, deter: int = 200, hidden: int = 200,
-                 min_std: float = 0.1, act: type[nn.Module] = nn.ELU):
+                 min_std: float = 0.1, act: type[nn.Module] = nn.ELU, residual_prior: bool = False):
         super().__init__()
         for name, v in (("action_dim", action_dim), ("embed_dim", embed_dim), ("stoch", stoch),
                         ("deter", deter), ("hidden", hidden)):
@@ -81,6 +81,10 @@ class RSSM(nn.Module):
                 raise ValueError(f"RSSM {name} must be positive, got {v}")
         self.action_dim, self.embed_dim = action_dim, embed_dim
         self.stoch_size, self.deter_size, self.min_std = stoch, deter, min_std
+        # The prior's mean as the last stochastic state plus a change: a network holds its output to about
+        # 1% of the range it spans, so a step's small change is predicted far more precisely than the
+        # state it leads to (docs/experiments/2026-12-07-dmc-cartpole-world-model.md).
+        self.residual_prior = residual_prior
         self.act = act()
         self.inp = Dense(stoch + action_dim, hidden)
         self.cell = GRUCell(hidden, deter)
@@ -114,6 +118,8 @@ class RSSM(nn.Module):
         x = self.act(self.inp(torch.cat([state.stoch, action], -1)))
         deter = self.cell(x, state.deter)
         mean, std = self._prior_stats(deter)
+        if self.residual_prior:
+            mean = state.stoch + mean
         stoch = mean + std * torch.randn_like(std) if sample else mean
         return State(mean, std, stoch, deter)
 
@@ -146,9 +152,10 @@ class RSSM(nn.Module):
         w_in, w_post = self.inp.weight[:, :S], self.post_h.weight[:, :self.deter_size]
         noise = torch.randn(B, T, S, device=embed.device, dtype=embed.dtype) if sample else None
         stoch, deter = state.stoch, state.deter
-        means, stds, stochs, deters = [], [], [], []
+        means, stds, stochs, deters, starts = [], [], [], [], []
         for t in range(T):
             stoch, deter = stoch * keep[:, t], deter * keep[:, t]
+            starts.append(stoch)
             x = self.act(linear(stoch, w_in) + a_proj[:, t])
             deter = self.cell(x, deter)
             mean, std = self._stats(self.post_out(self.act(linear(deter, w_post) + e_proj[:, t])))
@@ -157,6 +164,8 @@ class RSSM(nn.Module):
         deter_all = torch.stack(deters, 1)
         post = State(torch.stack(means, 1), torch.stack(stds, 1), torch.stack(stochs, 1), deter_all)
         p_mean, p_std = self._prior_stats(deter_all)
+        if self.residual_prior:
+            p_mean = p_mean + torch.stack(starts, 1)
         p_stoch = p_mean + p_std * torch.randn_like(p_std) if sample else p_mean
         return post, State(p_mean, p_std, p_stoch, deter_all)
 
